@@ -1,0 +1,88 @@
+"""The ``avp`` console script: LightningCLI verbs plus the project's tool verbs.
+
+``avp fit|validate|test|predict --config FILE [--config DELTA ...]`` is LightningCLI with the LightningModule and
+LightningDataModule chosen by ``class_path`` in the config; configs apply left to right and dotted flags
+(``--model.lr 3e-4``) override them. Tool verbs (``avp data …``, ``avp bench …``) are plain sub-programs registered
+in :data:`TOOLS` and imported only when called, so ``avp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+LIGHTNING_VERBS = {
+    "fit": "train a stage (generator or decoder) from a config",
+    "validate": "run the validation loop of a config/checkpoint",
+    "test": "run the test loop (evaluation protocol) of a config/checkpoint",
+    "predict": "run the predict loop of a config/checkpoint",
+}
+
+# verb -> (module exposing ``main(argv) -> int``, one-line description)
+TOOLS: dict[str, tuple[str, str]] = {
+    "bench": ("avp.bench", "benchmarks that print JSON (avp bench --list)"),
+}
+
+
+def _usage() -> str:
+    lines = [
+        "usage: avp VERB [options]   (avp VERB --help for a verb's options)",
+        "",
+        "training and evaluation (LightningCLI; --config FILE may repeat, later files override earlier ones):",
+    ]
+    lines += [f"  {verb:<10} {desc}" for verb, desc in LIGHTNING_VERBS.items()]
+    lines += ["", "tools:"]
+    lines += [f"  {verb:<10} {desc}" for verb, (_, desc) in TOOLS.items()]
+    lines += ["", "example: avp fit --config configs/generator/base.yaml --config configs/debug/generator.yaml"]
+    return "\n".join(lines)
+
+
+def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiate: bool = True) -> Any:
+    """Construct the LightningCLI (``run=False`` parses a config without a subcommand, as the config tests do).
+
+    With ``instantiate=False`` the config is parsed and validated but no model, data or trainer is built.
+    """
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    class AvpCLI(LightningCLI):
+        def instantiate_classes(self) -> None:
+            if instantiate:
+                super().instantiate_classes()
+
+    return AvpCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "avp", "description": "avp: AvatarPointillist training and evaluation"},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    verb = argv[0]
+    if verb in TOOLS:
+        module = importlib.import_module(TOOLS[verb][0])
+        return int(module.main(argv[1:]) or 0)
+    if verb in LIGHTNING_VERBS or verb.startswith("-"):
+        # LightningCLI reads sys.argv itself when run from the shell (passing both triggers its warning)
+        build_cli(None if from_command_line else argv)
+        return 0
+    print(f"avp: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

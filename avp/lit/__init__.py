@@ -1,0 +1,1 @@
+"""Lightning machinery: LightningModules, the DataModule and callbacks (the only Lightning-aware package)."""
