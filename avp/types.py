@@ -98,7 +98,7 @@ class HeadParams(TensorContainer):
         dtype: torch.dtype = torch.float32,
     ) -> HeadParams:
         """The neutral pose and mean identity for a batch of the given shape."""
-        z = lambda n: torch.zeros(*batch_shape, n, device=device, dtype=dtype)  # noqa: E731
+        z = lambda n: torch.zeros(*batch_shape, n, device=device, dtype=dtype)
         return cls(z(n_shape), z(n_expr), z(3), z(3), z(3), z(6), z(3))
 
     def as_dict(self) -> dict[str, Tensor]:
