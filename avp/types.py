@@ -57,6 +57,10 @@ class TensorContainer:
     def detach(self: T) -> T:
         return _map_tensors(self, lambda t: t.detach())
 
+    def pin_memory(self: T) -> T:
+        """Page-locked copies of every tensor (``DataLoader(pin_memory=True)`` calls this on custom batches)."""
+        return _map_tensors(self, lambda t: t.pin_memory())
+
     def map(self: T, fn: Callable[[Tensor], Tensor]) -> T:
         """Apply ``fn`` to every tensor (e.g. ``lambda t: t[0]`` or ``lambda t: t.flatten(0, 1)``)."""
         return _map_tensors(self, fn)

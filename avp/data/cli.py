@@ -1,0 +1,204 @@
+"""``avp data synth|convert|preview|validate|index``: build, inspect and check shard datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+USAGE = """usage: avp data COMMAND [options]   (avp data COMMAND --help)
+
+commands:
+  synth      render a synthetic multi-view head dataset (built-in head model, all cores, deterministic per seed)
+  convert    GaussianAvatars fit + VHAP/NeRSemble export -> one shard (then re-index the folder)
+  preview    contact sheet PNG of a shard, a dataset folder or a pattern
+  validate   decode every sample of a dataset and verify checksums; exit 1 naming shard/key/member on a problem
+  index      rebuild shards.json from the *.tar files of a folder
+"""
+
+
+def _synth(argv: list[str]) -> int:
+    from avp.data.synthetic.generate import SynthConfig, synthesize
+
+    d = SynthConfig()
+    p = argparse.ArgumentParser(prog="avp data synth", description="Render a synthetic multi-view head dataset.")
+    p.add_argument("--out", required=True, help="output folder (shards + shards.json)")
+    p.add_argument("--subjects", type=int, default=d.subjects, help=f"number of subjects (default {d.subjects})")
+    p.add_argument("--views", type=int, default=d.views, help=f"cameras per clip (default {d.views})")
+    p.add_argument("--frames", type=int, default=d.frames, help=f"timesteps per clip (default {d.frames})")
+    p.add_argument("--size", type=int, default=d.size, help=f"frame size in pixels (default {d.size})")
+    p.add_argument("--portrait-size", type=int, default=None, help="portrait size (default: --size)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"dataset seed (default {d.seed})")
+    p.add_argument("--points", type=int, nargs=2, default=list(d.points), metavar=("MIN", "MAX"),
+                   help=f"teacher point count range per subject (default {d.points[0]} {d.points[1]})")
+    p.add_argument("--sh-degree", type=int, default=d.sh_degree,
+                   help=f"SH degree of the teacher (default {d.sh_degree})")
+    p.add_argument("--cameras", choices=("arc", "sphere"), default=d.cameras,
+                   help="arc: NeRSemble-like frontal arc (default); sphere: all around the head")
+    p.add_argument("--background", type=float, nargs=3, default=list(d.background), metavar=("R", "G", "B"),
+                   help="frame background in 0..1 (default white, as VHAP exports)")
+    p.add_argument("--portrait-background", choices=("random", "same", "white", "black"), default=d.portrait_background,
+                   help="portrait background (default: random plain colour)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--shard-samples", type=int, default=d.shard_samples, help="samples per shard")
+    p.add_argument("--workers", type=int, default=0, help="processes (default 0: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    a = p.parse_args(argv)
+    cfg = SynthConfig(subjects=a.subjects, views=a.views, frames=a.frames, size=a.size,
+                      portrait_size=a.portrait_size or a.size, seed=a.seed, points=(a.points[0], a.points[1]),
+                      sh_degree=a.sh_degree, cameras=a.cameras, background=tuple(a.background),
+                      portrait_background=a.portrait_background, val_fraction=a.val_fraction,
+                      test_fraction=a.test_fraction, shard_samples=a.shard_samples)
+    manifest = synthesize(cfg, a.out, workers=a.workers or None, overwrite=a.overwrite, progress=True)
+    print(json.dumps({"out": str(a.out), "shards": len(manifest.shards),
+                      "samples": {s: manifest.samples(s) for s in manifest.splits}}, indent=2))
+    return 0
+
+
+def _convert(argv: list[str]) -> int:
+    from avp.data.convert_gaussian_avatars import convert, default_ids
+    from avp.data.manifest import split_for_subject
+    from avp.head import HeadConfig, load_head_model
+
+    p = argparse.ArgumentParser(prog="avp data convert",
+                                description="Convert a GaussianAvatars fit and its VHAP export into a shard.")
+    p.add_argument("ga_dir", help="GaussianAvatars model folder (or its point_cloud/iteration_<k>/ folder)")
+    p.add_argument("export_dir", help="the VHAP export folder the fit was trained on")
+    p.add_argument("--out", required=True, help="dataset folder (shard written there, shards.json updated)")
+    p.add_argument("--flame", required=True, help="FLAME pickle (flame2023.pkl or generic_model.pkl)")
+    p.add_argument("--flame-masks", default=None, help="FLAME_masks.pkl (optional, for face regions)")
+    p.add_argument("--n-shape", type=int, default=300, help="shape components (GaussianAvatars: 300)")
+    p.add_argument("--n-expr", type=int, default=100, help="expression components (GaussianAvatars: 100)")
+    p.add_argument("--subject", default=None, help="subject id (default: from the export folder name)")
+    p.add_argument("--sequence", default=None, help="sequence id (default: from the export folder name)")
+    p.add_argument("--split", default=None, help="train/val/test (default: from a hash of the subject id)")
+    p.add_argument("--split-fractions", type=float, nargs=3, default=[0.9, 0.05, 0.05],
+                   metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--size", type=int, default=512, help="square frame size (pad to square, resize)")
+    p.add_argument("--portrait-size", type=int, default=512)
+    p.add_argument("--frames", type=int, default=None, help="at most this many timesteps, evenly spaced")
+    p.add_argument("--cameras", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="camera indices to keep, e.g. 0,4,8,12 (default all)")
+    p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="frame/portrait encoding")
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--max-points", type=int, default=None, help="keep the N most visible Gaussians")
+    p.add_argument("--portrait-camera", type=int, default=None, help="default: the most frontal camera")
+    p.add_argument("--portrait-timestep", type=int, default=None, help="default: the first converted timestep")
+    p.add_argument("--flame-source", choices=("auto", "ga", "vhap"), default="auto",
+                   help="per-timestep FLAME parameters: the fit's flame_param.npz (ga) or VHAP's files")
+    p.add_argument("--no-static-offset", action="store_true", help="ignore FLAME static offsets")
+    p.add_argument("--legacy-quat-order", action="store_true",
+                   help="fits saved by GaussianAvatars before its March 2024 rotation-order fix")
+    p.add_argument("--no-index", action="store_true", help="do not rewrite shards.json (run `avp data index` later)")
+    a = p.parse_args(argv)
+    head = load_head_model(HeadConfig(flame_path=a.flame, n_shape=a.n_shape, n_expr=a.n_expr, teeth=True,
+                                      flame_masks_path=a.flame_masks))
+    subject = a.subject or default_ids(Path(a.export_dir))[0]
+    split = a.split or split_for_subject(subject, dict(zip(("train", "val", "test"), a.split_fractions)))
+    path = convert(head, a.ga_dir, a.export_dir, a.out, index=not a.no_index, jpeg_quality=a.jpeg_quality,
+                   subject=subject, sequence=a.sequence, split=split, size=a.size, portrait_size=a.portrait_size,
+                   max_frames=a.frames, cameras=a.cameras, frame_format=a.format, max_points=a.max_points,
+                   portrait_camera=a.portrait_camera, portrait_timestep=a.portrait_timestep,
+                   flame_source=a.flame_source, static_offset=not a.no_static_offset,
+                   legacy_quat_order=a.legacy_quat_order)
+    print(json.dumps({"shard": str(path), "subject": subject, "split": split}))
+    return 0
+
+
+def _preview(argv: list[str]) -> int:
+    from avp.data.preview import preview
+
+    p = argparse.ArgumentParser(prog="avp data preview", description="Contact sheet of shard samples.")
+    p.add_argument("source", help="a .tar shard, a dataset folder, or a glob/brace pattern")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--split", default=None, help="with a dataset folder: only this split")
+    p.add_argument("--max-views", type=int, default=6)
+    p.add_argument("--max-frames", type=int, default=4)
+    a = p.parse_args(argv)
+    print(preview(a.source, a.out, samples=a.samples, split=a.split, max_views=a.max_views,
+                  max_frames=a.max_frames))
+    return 0
+
+
+def validate(root: str, split: str | None = None, *, keep_going: bool = False, progress: bool = True) -> dict:
+    """Decode every sample (all frames) and verify checksums and manifest counts; returns a report dict with
+    ``errors`` (messages naming shard/key/member). Raises the first error unless ``keep_going``."""
+    from tqdm import tqdm
+
+    from avp.data.reader import ShardRef, iter_raw_samples, resolve_shards
+    from avp.data.schema import ShardError, decode_sample
+
+    if root.endswith(".tar") and Path(root).is_file():
+        refs: list[ShardRef] = [ShardRef(path=root, name=Path(root).name)]
+    else:
+        refs, _ = resolve_shards(root, split)
+    report: dict = {"shards": len(refs), "samples": 0, "points": [], "errors": []}
+    for ref in tqdm(refs, desc="validate", unit="shard", disable=not progress):
+        try:
+            n = 0
+            for raw in iter_raw_samples(ref):
+                s = decode_sample(raw, shard=ref.name)
+                report["points"].append(s.gaussians.n_points)
+                n += 1
+            if ref.samples is not None and n != ref.samples:
+                raise ShardError(ref.name, None, None, f"the manifest says {ref.samples} samples, the shard has {n}")
+            report["samples"] += n
+        except ShardError as e:
+            if not keep_going:
+                raise
+            report["errors"].append(str(e))
+    pts = report.pop("points")
+    if pts:
+        report["points_min"], report["points_max"] = min(pts), max(pts)
+        report["points_mean"] = round(sum(pts) / len(pts), 1)
+    return report
+
+
+def _validate(argv: list[str]) -> int:
+    from avp.data.schema import ShardError
+
+    p = argparse.ArgumentParser(prog="avp data validate", description="Decode and check every sample.")
+    p.add_argument("root", help="dataset folder, shards.json, a .tar, or a pattern")
+    p.add_argument("--split", default=None)
+    p.add_argument("--keep-going", action="store_true", help="report every broken shard instead of the first")
+    a = p.parse_args(argv)
+    try:
+        report = validate(a.root, a.split, keep_going=a.keep_going)
+    except (ShardError, FileNotFoundError, ValueError) as e:
+        print(f"avp data validate: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 1 if report["errors"] else 0
+
+
+def _index(argv: list[str]) -> int:
+    from avp.data.manifest import index_directory
+
+    p = argparse.ArgumentParser(prog="avp data index", description="Rebuild shards.json from the shards.")
+    p.add_argument("root")
+    a = p.parse_args(argv)
+    m = index_directory(a.root, progress=True)
+    print(json.dumps({"shards": len(m.shards), "samples": {s: m.samples(s) for s in m.splits}}, indent=2))
+    return 0
+
+
+COMMANDS = {"synth": _synth, "convert": _convert, "preview": _preview, "validate": _validate, "index": _index}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"avp data: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Converter: a GaussianAvatars fit + VHAP export in exactly their formats -> a shard whose canonical teacher points
+land on the right faces of the subject's neutral head."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from avp.data.cli import validate
+from avp.data.convert_gaussian_avatars import ConversionError, build_sample, convert, opencv_viewmat
+from avp.data.manifest import read_manifest
+from avp.data.synthetic.geometry import closest_on_triangles
+from avp.head import HeadConfig, load_head_model
+from tests.fixtures.flame import write_flame_pickle
+from tests.fixtures.gaussian_avatars import FlameSequence, write_gaussian_avatars_output, write_vhap_export
+
+T, C, H, W, N = 3, 3, 24, 32, 240
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    path = write_flame_pickle(tmp_path_factory.mktemp("flame") / "flame2023.pkl", version="2023")
+    return load_head_model(HeadConfig(flame_path=str(path), teeth=True))
+
+
+def _look_at_gl(eye: np.ndarray) -> np.ndarray:
+    """Camera-to-world in OpenGL axes (x right, y up, z backwards) looking at the origin."""
+    back = eye / np.linalg.norm(eye)
+    right = np.cross([0.0, 1.0, 0.0], back)
+    right /= np.linalg.norm(right)
+    up = np.cross(back, right)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, back, eye
+    return c2w
+
+
+def _flame(rng: np.random.Generator, n_vertices: int) -> FlameSequence:
+    return FlameSequence(
+        shape=rng.normal(0, 0.5, 300).astype(np.float32), expr=rng.normal(0, 0.3, (T, 100)).astype(np.float32),
+        rotation=rng.normal(0, 0.05, (T, 3)).astype(np.float32) * [1, 1, 0],
+        neck_pose=rng.normal(0, 0.05, (T, 3)).astype(np.float32), jaw_pose=np.abs(rng.normal(0, 0.1, (T, 3))) *
+        [1, 0, 0], eyes_pose=rng.normal(0, 0.05, (T, 6)).astype(np.float32),
+        translation=np.zeros((T, 3), np.float32),
+        static_offset=rng.normal(0, 0.001, (1, n_vertices, 3)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def fixture_dirs(tmp_path_factory, head):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("ga")
+    flame = _flame(rng, 5023)  # FLAME's vertex count: the converter pads the teeth vertices as GaussianAvatars does
+    binding = rng.integers(0, head.n_faces, N)
+    binding[:10] = np.arange(head.n_faces - 10, head.n_faces)  # teeth faces too
+    # face-local: a little off the centroid in the triangle's plane (axes 0 and 2) and along its normal (axis 1)
+    xyz = np.stack([rng.uniform(-0.05, 0.05, N), rng.uniform(-0.03, 0.03, N), rng.uniform(-0.05, 0.05, N)], -1)
+    fit = dict(xyz=xyz, f_dc=rng.normal(0, 1, (N, 3)), f_rest=rng.normal(0, 0.1, (N, 45)),
+               opacity=rng.normal(0, 2, N), scale=rng.normal(-1, 0.3, (N, 3)), rot=rng.normal(0, 1, (N, 4)),
+               binding=binding)
+    ga = write_gaussian_avatars_output(root / "074_EMO-1", flame, **fit)
+    images = np.full((T, C, H, W, 3), 255, np.uint8)
+    images[:, :, 8:16, 12:20] = rng.integers(0, 255, (T, C, 1, 1, 3), dtype=np.uint8)
+    masks = np.zeros((T, C, H, W), np.uint8)
+    masks[:, :, 8:16, 12:20] = 255
+    eyes = [np.array([np.sin(a), 0.0, np.cos(a)]) for a in np.deg2rad([-30.0, 0.0, 30.0])]
+    Ks = np.array([[[40.0, 0, W / 2 + 1], [0, 40.0, H / 2 - 1], [0, 0, 1]]] * C)
+    export = write_vhap_export(root / "074_EMO-1_v16_DS4_whiteBg_staticOffset", flame=flame, images=images,
+                               masks=masks, Ks=Ks, c2w_gl=np.stack([_look_at_gl(e) for e in eyes]))
+    return ga, export, fit, flame
+
+
+def _ga_reference(verts: np.ndarray, faces: np.ndarray, fit: dict) -> tuple[np.ndarray, ...]:
+    """GaussianAvatars' face-frame formulas, written out independently in numpy (float64)."""
+    v0, v1, v2 = (verts[faces[fit["binding"], k]] for k in range(3))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    a0 = unit(v1 - v0)
+    a1 = unit(np.cross(a0, v2 - v0))
+    a2 = -unit(np.cross(a1, a0))
+    R = np.stack([a0, a1, a2], -1)
+    s = (np.linalg.norm(v1 - v0, axis=-1) + np.abs((a2 * (v2 - v0)).sum(-1))) / 2
+    centre = (v0 + v1 + v2) / 3
+    means = np.einsum("nij,nj->ni", R, fit["xyz"]) * s[:, None] + centre
+    log_scales = fit["scale"] + np.log(s)[:, None]
+    return means, log_scales, R, s
+
+
+def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = (q / np.linalg.norm(q, axis=-1, keepdims=True)).T
+    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
+
+
+def test_teacher_points_land_on_their_faces_of_the_neutral_head(head, fixture_dirs, tmp_path) -> None:
+    ga, export, fit, flame = fixture_dirs
+    shard = convert(head, ga, export, tmp_path, size=32, portrait_size=24, split="train")
+    report = validate(str(tmp_path), progress=False)
+    assert report["samples"] == 1 and report["errors"] == []
+    sample = build_sample(head, ga, export, size=32, portrait_size=24)
+    g = sample.gaussians
+    assert shard.name == "train-074__EMO-1.tar" and sample.meta["subject"] == "074"
+    assert read_manifest(tmp_path).shards[0].subjects == ["074"]
+
+    import torch
+
+    offset = np.concatenate([flame.static_offset[0], np.zeros((head.n_vertices - 5023, 3))])
+    neutral = head.canonical(torch.from_numpy(flame.shape[None]).float())[0].double().numpy() + offset
+    faces = head.faces.numpy()
+    means, log_scales, R_face, face_scale = _ga_reference(neutral, faces, fit)
+    np.testing.assert_array_equal(g.binding, fit["binding"])
+    np.testing.assert_allclose(g.means, means, atol=1e-6)
+    np.testing.assert_allclose(g.log_scales, log_scales, atol=1e-5)
+    # rotation q(R_face) * q_local: as matrices R_face @ R_local
+    np.testing.assert_allclose(_quat_to_matrix(g.quats.astype(np.float64)),
+                               R_face @ _quat_to_matrix(fit["rot"]), atol=1e-5)
+    # SH: f_dc are the DC coefficients, f_rest is channel-major
+    np.testing.assert_allclose(g.sh[:, 0], fit["f_dc"], atol=1e-6)
+    np.testing.assert_allclose(g.sh[:, 1:, 1], fit["f_rest"][:, 15:30], atol=1e-6)
+
+    # every point sits next to the triangle it is bound to: within its offset (<= 0.1 face scales) of it, and that
+    # triangle (or one sharing a vertex with it, where the offset crosses an edge) is the nearest of the whole mesh
+    tri = neutral[faces]
+    own = np.linalg.norm(closest_on_triangles(g.means, tri[g.binding]) - g.means, axis=-1)
+    assert np.all(own <= 0.1 * face_scale + 1e-6)
+    nearest = np.zeros(len(g.means), np.int64)
+    best = np.full(len(g.means), np.inf)
+    for start in range(0, len(faces), 2048):
+        q = closest_on_triangles(g.means[:, None].astype(np.float64), tri[None, start:start + 2048])
+        d = np.linalg.norm(q - g.means[:, None], axis=-1)
+        better = d.min(1) < best
+        nearest[better], best[better] = d.argmin(1)[better] + start, d.min(1)[better]
+    same_or_adjacent = [len(set(faces[a]) & set(faces[b])) > 0 for a, b in zip(nearest, g.binding)]
+    assert np.mean(nearest == g.binding) > 0.8 and np.mean(same_or_adjacent) > 0.95
+
+
+def test_cameras_frames_and_head_parameters(head, fixture_dirs) -> None:
+    ga, export, fit, flame = fixture_dirs
+    s = build_sample(head, ga, export, size=32, portrait_size=24, max_frames=2)
+    assert s.meta["frames"] == 2 and s.meta["views"] == C and s.meta["extra"]["timesteps"] == [0, 2]
+    # the world origin projects onto each camera's (padded, resized) principal point, in front of the camera
+    for v in range(C):
+        p = s.cameras.viewmats[v] @ np.array([0, 0, 0, 1.0])
+        assert p[2] > 0.9
+        uv = (s.cameras.Ks[v] @ (p[:3] / p[2]))[:2]
+        np.testing.assert_allclose(uv, [W / 2 + 1, H / 2 - 1 + (W - H) / 2], atol=1e-4)
+    # the coloured square stays where the cameras say (pad 24 -> 32 rows: +4)
+    assert (s.frames[0, 0, 12:20, 12:20] != 255).all() and (s.frames[0, 0, :4] == 255).all()
+    assert s.masks[0, 0, 12:20, 12:20].min() == 255 and s.masks[0, 0, :4].max() == 0
+    for key, src in (("global_rot", flame.rotation), ("expr", flame.expr), ("jaw_pose", flame.jaw_pose)):
+        np.testing.assert_allclose(s.head[key], src[[0, 2]], atol=1e-6)
+    np.testing.assert_allclose(s.head["shape"], flame.shape, atol=1e-6)
+    # the portrait comes from the frontal camera (index 1) at the first timestep
+    assert s.meta["extra"]["portrait"] == {"timestep": 0, "camera": 1}
+    np.testing.assert_allclose(s.portrait_camera.viewmats[0], opencv_viewmat(_look_at_gl(np.array([0, 0, 1.0]))),
+                               atol=1e-6)
+
+
+def test_bad_inputs_are_named(head, fixture_dirs, tmp_path) -> None:
+    ga, export, fit, flame = fixture_dirs
+    from plyfile import PlyData, PlyElement
+
+    ply = next(ga.rglob("point_cloud.ply"))
+    data = PlyData.read(str(ply))["vertex"].data
+    names = [n for n in data.dtype.names if n != "binding_0"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    without = np.empty(len(data), dtype=[(n, "f4") for n in names])
+    for n in names:
+        without[n] = data[n]
+    PlyData([PlyElement.describe(without, "vertex")]).write(str(broken / "point_cloud.ply"))
+    with pytest.raises(ConversionError, match=r"point_cloud.ply: missing property 'binding_0'"):
+        build_sample(head, broken, export)
+
+    moved = tmp_path / "074_EMO-2"
+    import shutil
+
+    shutil.copytree(export, moved)
+    db = json.loads((moved / "transforms_train.json").read_text())
+    for f in db["frames"]:
+        if f["timestep_index"] == 1:  # as in a combined export, where each sequence is re-centred
+            f["transform_matrix"][0][3] += 0.1
+    (moved / "transforms_train.json").write_text(json.dumps(db))
+    with pytest.raises(ConversionError, match="camera 0 moves between timesteps"):
+        build_sample(head, ga, moved)

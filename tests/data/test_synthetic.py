@@ -1,0 +1,152 @@
+"""Synthetic subjects: deterministic and worker-count independent, teachers that cover the head with
+identity-specific geometry bound to the right faces, frames that are renders of the teacher, atomic writing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from avp.data import cli
+from avp.data.manifest import read_manifest
+from avp.data.preview import iter_samples
+from avp.data.schema import teacher_cloud
+from avp.data.synthetic import SynthConfig, make_subject, synthesize
+from avp.data.synthetic import generate as generate_module
+from avp.data.synthetic.appearance import sample_appearance
+from avp.data.synthetic.geometry import CanonicalMesh, closest_on_triangles
+from avp.data.synthetic.teacher import build_teacher
+from avp.head import HeadConfig, animate_gaussians, load_head_model
+from avp.render import render
+from avp.types import Cameras, HeadParams
+
+TINY = dict(views=2, frames=2, size=32, portrait_size=32, points=(150, 400), shard_samples=2)
+
+
+@pytest.fixture(scope="module")
+def head():
+    return load_head_model(HeadConfig())
+
+
+@pytest.fixture(scope="module")
+def mesh(head):
+    shape = np.random.default_rng(3).normal(0, 1, head.n_shape)
+    verts = head.canonical(torch.as_tensor(shape, dtype=torch.float32)[None])[0].double().numpy()
+    return CanonicalMesh.build(verts, head.faces.numpy(), {k: v.numpy() for k, v in head.face_regions.items()})
+
+
+def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path) -> None:
+    cfg = SynthConfig(subjects=3, seed=7, **TINY)
+    one = synthesize(cfg, tmp_path / "one", workers=1, progress=False)
+    two = synthesize(cfg, tmp_path / "two", workers=2, progress=False)
+    assert [(s.path, s.sha256) for s in one.shards] == [(s.path, s.sha256) for s in two.shards]
+    other = synthesize(dataclasses.replace(cfg, seed=8), tmp_path / "other", workers=1, progress=False)
+    assert {s.sha256 for s in other.shards}.isdisjoint({s.sha256 for s in one.shards})
+    # subject-level splits decided at write time and recorded
+    m = read_manifest(tmp_path / "one")
+    assert sorted(m.splits) == ["test", "train", "val"] and m.samples() == 3
+    assert len({s for split in m.splits for s in m.subjects(split)}) == 3
+
+
+def test_teacher_covers_the_head_with_identity_geometry_bound_to_the_right_faces(mesh) -> None:
+    rng = np.random.default_rng(0)
+    app = dataclasses.replace(sample_appearance(rng), hair_style="long", beard="full", glasses=True,
+                              thick_brows=True, hair_thickness=0.015)
+    g, parts = build_teacher(mesh, app, 4000, rng)
+    assert 3000 < g.n_points < 5500 and g.binding.min() >= 0 and g.binding.max() < len(mesh.faces)
+    for region in ("skin:cheeks", "skin:forehead", "skin:scalp", "skin:neck", "skin:ears", "skin:lips", "skin:nose",
+                   "skin:eyeballs", "hair:long", "hair:long_curtain", "beard:full", "brows:thick", "glasses:rims",
+                   "glasses:arms"):
+        assert parts.get(region, 0) > 0, region
+    start = {}
+    offset = 0
+    for name, n in parts.items():
+        start[name] = (offset, offset + n)
+        offset += n
+    tri = mesh.vertices[mesh.faces]
+    dist = np.linalg.norm(closest_on_triangles(g.means.astype(np.float64), tri[g.binding]) - g.means, axis=-1)
+    lo, hi = start["skin:cheeks"]
+    assert dist[lo:hi].max() < 1e-6  # skin points lie on the face they are bound to
+    labels = mesh.labels[g.binding]
+    for name in ("hair:long", "hair:long_curtain"):
+        lo, hi = start[name]
+        assert set(labels[lo:hi]) <= {"scalp", "forehead", "other"}  # hair binds to the scalp under it
+    lo, hi = start["hair:long_curtain"]
+    assert np.percentile(dist[lo:hi], 50) > 0.01  # volume well off the surface: no template vertex is there
+    lo, hi = start["glasses:rims"]
+    assert (labels[lo:hi] == "nose").all()  # rims and bridge rest on the nose
+    assert g.means[lo:hi, 2].min() > mesh.vertices[mesh.faces[mesh.faces_of("eyeballs")]][..., 2].max()
+    lo, hi = start["glasses:arms"]
+    assert set(labels[lo:hi]) <= {"forehead", "ears", "scalp", "cheeks", "face", "other"}  # arms: the temples
+    # density differs by region: the lips are sampled more densely per area than the neck
+    density = {r: parts[f"skin:{r}"] / mesh.area_of(mesh.faces_of(r)) for r in ("lips", "neck")}
+    assert density["lips"] > 2 * density["neck"]
+
+
+def test_point_counts_scale_with_the_configured_range(mesh) -> None:
+    counts = []
+    for seed, target in ((1, 300), (2, 300), (3, 20000)):
+        rng = np.random.default_rng(seed)
+        g, _ = build_teacher(mesh, sample_appearance(rng), target, rng)
+        counts.append(g.n_points)
+        # splats adapt to the density: sparse teachers get large splats
+        counts.append(float(np.exp(g.log_scales).max(1).mean()))
+    assert 200 < counts[0] < 500 and 15000 < counts[4] < 26000
+    assert counts[1] > 3 * counts[5]
+
+
+def test_frames_are_renders_of_the_animated_teacher(head) -> None:
+    cfg = SynthConfig(subjects=1, seed=3, **TINY)
+    s = make_subject(cfg, 0, "train", head)
+    assert s.frames.shape == (2, 2, 32, 32, 3) and s.masks.max() > 200 and s.masks[:, :, 0, 0].max() == 0
+    g = s.gaussians
+    cloud = teacher_cloud(g)
+    rig = head.rig(torch.from_numpy(g.binding.astype(np.int64))[None], cloud.means,
+                   torch.from_numpy(s.head["shape"])[None])
+    t, v = 1, 1
+    params = HeadParams(**{k: torch.from_numpy(s.head[k] if k == "shape" else s.head[k][t])[None, None]
+                           for k in s.head})
+    posed = animate_gaussians(rig, cloud, params, mode="lbs")
+    cams = Cameras(Ks=torch.from_numpy(s.cameras.Ks[v:v + 1]), viewmats=torch.from_numpy(s.cameras.viewmats[v:v + 1]),
+                   width=32, height=32)
+    with torch.no_grad():
+        rgb = render(posed, cams, background=torch.tensor(s.meta["background"])).rgb[0, 0]
+    ours = torch.from_numpy(s.frames[t, v]).permute(2, 0, 1).float() / 255
+    assert (rgb - ours).abs().max() <= 1 / 255 + 1e-4
+    # the portrait's head parameters are the true ones plus a small estimation error
+    true = s.meta["extra"]["portrait_head_true"]
+    err = np.abs(s.portrait_head["global_rot"] - np.array(true["global_rot"]))
+    assert 0 < err.max() < 0.1
+
+
+def test_a_crash_leaves_no_complete_looking_dataset(tmp_path, monkeypatch) -> None:
+    real = generate_module.make_subject
+
+    def flaky(cfg, index, split, head):
+        if index == 2:
+            raise RuntimeError("worker died")
+        return real(cfg, index, split, head)
+
+    monkeypatch.setattr(generate_module, "make_subject", flaky)
+    cfg = SynthConfig(subjects=4, seed=1, val_fraction=0, test_fraction=0, **{**TINY, "shard_samples": 1})
+    with pytest.raises(RuntimeError, match="worker died"):
+        synthesize(cfg, tmp_path, workers=1, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "shards.json" not in names and not any(n.endswith(".tmp") for n in names)
+    assert names == ["train-000000.tar", "train-000001.tar"]  # complete shards only (renamed when finished)
+    assert [s.key for _, s in iter_samples(tmp_path / "train-000001.tar")] == ["synth-000001__clip0"]
+
+
+def test_cli_synth_validate_preview(tmp_path, capsys) -> None:
+    out = tmp_path / "ds"
+    argv = ["synth", "--out", str(out), "--subjects", "2", "--views", "2", "--frames", "1", "--size", "32",
+            "--points", "100", "200", "--workers", "1", "--seed", "5"]
+    assert cli.main(argv) == 0
+    assert cli.main(["validate", str(out)]) == 0
+    assert '"samples": 2' in capsys.readouterr().out
+    assert cli.main(["preview", str(out), "--out", str(tmp_path / "sheet.png"), "--samples", "2"]) == 0
+    assert (tmp_path / "sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileExistsError, match="already holds a dataset"):
+        cli.main(argv)
