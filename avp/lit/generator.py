@@ -1,0 +1,309 @@
+"""``GeneratorModule``: trains the autoregressive point generator (stage 1) with next-token cross-entropy.
+
+Training cuts every teacher sequence into one random window of ``train_window`` input tokens (the paper: 12,000)
+starting at BOS or at a point boundary, with the condition always attached and the window's absolute positions
+(:func:`avp.models.generator.training_windows`); sequences that fit are trained whole. Validation computes the
+teacher-forced loss and per-role accuracy with exactly the contexts sampling uses
+(:func:`avp.sampling.context_windows`), and every ``val_sample_every_n_epochs`` epochs samples clouds for the first
+``val_sample_subjects`` validation subjects and logs Chamfer distance, F-score@tau, point-count ratio and binding
+agreement against the teacher, plus a picture of generated vs teacher points.
+
+Checkpoints carry the head, tokenizer, condition and model configs (plain dicts, so ``load_from_checkpoint`` works
+with ``weights_only`` loading) and the name of the head model; the head model itself is rebuilt from its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from avp.head import HeadConfig, load_head_model
+from avp.metrics import PointCloudMetrics, batch_point_cloud_metrics
+from avp.models.conditional import ConditionalPointGenerator
+from avp.models.encoders import ConditionConfig
+from avp.models.generator import GeneratorConfig, training_windows
+from avp.models.tokenizer import ROLE_NAMES, PointTokenizer, TokenizerConfig
+from avp.sampling import SamplingConfig, context_windows
+from avp.types import AvatarBatch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+C = typing.TypeVar("C")
+
+
+def as_config(cls: type[C], value: C | dict[str, Any] | None) -> C:
+    """``value`` as dataclass ``cls``: None -> defaults, a dict (e.g. from a checkpoint) -> built field by field."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"{cls.__name__}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; valid fields are {sorted(names)}")
+    kwargs = {}
+    for key, item in value.items():
+        hint = hints[key]
+        kwargs[key] = as_config(hint, item) if dataclasses.is_dataclass(hint) and isinstance(item, dict) else item
+    return cls(**kwargs)
+
+
+class GeneratorModule(LightningModule):
+    """Stage 1: portrait (+ head fit) -> point-cloud tokens.
+
+    Args:
+        head: head model (``flame_path: null`` = the built-in head); its faces define the binding vocabulary.
+        tokenizer: quantisation levels, point order, strict box.
+        condition: image / mesh condition encoders.
+        model: AR Transformer size.
+        train_window: input tokens per training window (paper: 12,000); also the sampling context.
+        lr: AdamW peak learning rate (paper: 1e-4).
+        weight_decay: AdamW weight decay on matrices (not on biases, norms and embeddings).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio * lr`` at the last training step.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        val_sampling: how validation clouds are sampled (its ``window`` is replaced by ``train_window``).
+        val_sample_every_n_epochs: sample validation clouds every this many epochs (0: never).
+        val_sample_subjects: validation subjects sampled per such epoch (per rank).
+        fscore_tau: F-score distance threshold in metres.
+        seed: seed of the validation sampling.
+        head_model_name: the head model a checkpoint was trained with (filled in automatically; a mismatch with
+            the head model built from ``head`` is an error).
+    """
+
+    def __init__(
+        self,
+        head: HeadConfig = HeadConfig(),  # noqa: B008 (configs are read, never mutated)
+        tokenizer: TokenizerConfig = TokenizerConfig(),  # noqa: B008
+        condition: ConditionConfig = ConditionConfig(),  # noqa: B008
+        model: GeneratorConfig = GeneratorConfig(),  # noqa: B008
+        train_window: int = 12000,
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+        val_sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
+        val_sample_every_n_epochs: int = 1,
+        val_sample_subjects: int = 4,
+        fscore_tau: float = 0.005,
+        seed: int = 0,
+        head_model_name: str | None = None,
+    ):
+        super().__init__()
+        head_cfg = as_config(HeadConfig, head)
+        tok_cfg = as_config(TokenizerConfig, tokenizer)
+        cond_cfg = as_config(ConditionConfig, condition)
+        model_cfg = as_config(GeneratorConfig, model)
+        sampling_cfg = as_config(SamplingConfig, val_sampling)
+        if train_window < 8:
+            raise ValueError(f"GeneratorModule: train_window must be at least 8 tokens, got {train_window}")
+        head_model = load_head_model(head_cfg)
+        if head_model_name is not None and head_model_name != head_model.name:
+            raise ValueError(f"GeneratorModule: this checkpoint was trained with head model {head_model_name!r} but "
+                             f"the head config builds {head_model.name!r}; pass the same head config (model.head)")
+        self.net = ConditionalPointGenerator(head_model, tok_cfg, cond_cfg, model_cfg)
+        self.train_window = int(train_window)
+        self.val_sampling = dataclasses.replace(sampling_cfg, window=self.train_window)
+        self.val_sampling.validate()
+        self.save_hyperparameters({
+            "head": dataclasses.asdict(head_cfg), "tokenizer": dataclasses.asdict(tok_cfg),
+            "condition": dataclasses.asdict(cond_cfg), "model": dataclasses.asdict(model_cfg),
+            "train_window": self.train_window, "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas),
+            "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
+            "val_sampling": dataclasses.asdict(sampling_cfg), "val_sample_every_n_epochs": val_sample_every_n_epochs,
+            "val_sample_subjects": val_sample_subjects, "fscore_tau": fscore_tau, "seed": seed,
+            "head_model_name": head_model.name,
+        })
+        self._val_metrics: list[PointCloudMetrics] = []
+        self._val_finished: list[bool] = []
+        self._val_sampled = 0
+        self._val_figure_done = False
+
+    @property
+    def tokenizer(self) -> PointTokenizer:
+        return self.net.tokenizer
+
+    @property
+    def head_model(self) -> torch.nn.Module:
+        return self.net.head_model
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        shards_head = getattr(datamodule, "head_model_name", None)
+        if shards_head is not None and shards_head != self.head_model.name:
+            raise ValueError(
+                f"GeneratorModule: the shards were written for head model {shards_head!r} but the model uses "
+                f"{self.head_model.name!r}; set model.head to the head model of the data (or rebuild the shards)")
+
+    # ----------------------------------------------------------------------------------------------- batches
+    def _tokens_and_condition(self, batch: AvatarBatch) -> tuple[Tensor, Tensor, Tensor]:
+        teacher = batch.teacher
+        tokens, lengths = self.net.teacher_tokens(teacher.means, batch.binding, teacher.valid_mask())
+        condition = self.net.encode_condition(batch.portrait, batch.portrait_head)
+        return tokens, lengths, condition
+
+    def training_step(self, batch: AvatarBatch, batch_idx: int) -> Tensor:
+        tokens, lengths, condition = self._tokens_and_condition(batch)
+        inputs, targets, positions = training_windows(tokens, lengths, self.train_window, self.tokenizer.pad_id)
+        out = self.net(inputs, condition, positions)
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self.tokenizer.pad_id)
+        B = tokens.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log("train/tokens", (targets != self.tokenizer.pad_id).sum().float(), batch_size=B)
+        clamped = self.tokenizer.count_out_of_box(batch.teacher.means, batch.teacher.valid_mask()).sum()
+        self.log("train/out_of_box_points", clamped.float(), batch_size=B, reduce_fx="sum")
+        return loss
+
+    def validation_step(self, batch: AvatarBatch, batch_idx: int) -> None:
+        tokens, lengths, condition = self._tokens_and_condition(batch)
+        pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        loss_sum = tokens.new_zeros((), dtype=torch.float32)
+        hits = torch.zeros(5, device=tokens.device)
+        counts = torch.zeros(5, device=tokens.device)  # x, y, z, b, eos
+        for start, first, last in context_windows(inputs.shape[1], self.train_window, self.val_sampling.keep):
+            out = self.net(inputs[:, start : last + 1], condition, torch.arange(start, last + 1, device=tokens.device))
+            logits = out.logits[:, first - start :].float()  # [B, T, V]
+            target = targets[:, first : last + 1]
+            loss_sum += F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad, reduction="sum")
+            correct = logits.argmax(-1) == target
+            role = PointTokenizer.role_of_position(torch.arange(first + 1, last + 2, device=tokens.device))
+            for r in range(4):
+                sel = (role == r)[None] & (target != pad) & (target != eos)
+                hits[r] += (correct & sel).sum()
+                counts[r] += sel.sum()
+            sel = target == eos
+            hits[4] += (correct & sel).sum()
+            counts[4] += sel.sum()
+        n_tokens = int(counts.sum())
+        B = tokens.shape[0]
+        self.log("val/loss", loss_sum / max(n_tokens, 1), batch_size=max(n_tokens, 1), sync_dist=True)
+        for r, name in enumerate((*ROLE_NAMES, "eos")):  # every non-empty cloud has all five kinds of target
+            self.log(f"val/acc_{name}", hits[r] / counts[r].clamp(min=1), batch_size=max(int(counts[r]), 1),
+                     sync_dist=True)
+        if self._sampling_epoch() and self._val_sampled < self.hparams.val_sample_subjects:
+            k = min(B, self.hparams.val_sample_subjects - self._val_sampled)
+            self._sample_and_score(batch, condition[:k], k, batch_idx)
+
+    # ------------------------------------------------------------------------------------- validation sampling
+    def _sampling_epoch(self) -> bool:
+        every = self.hparams.val_sample_every_n_epochs
+        if every <= 0 or self._trainer is None or self.trainer.sanity_checking:
+            return False
+        return (self.current_epoch + 1) % every == 0
+
+    def _sample_and_score(self, batch: AvatarBatch, condition: Tensor, k: int, batch_idx: int) -> None:
+        generator = torch.Generator(device=condition.device).manual_seed(self.hparams.seed + batch_idx)
+        out = self.net.sample(condition, self.val_sampling, generator)
+        teacher = batch.teacher
+        mask = teacher.valid_mask()[:k]
+        metrics = batch_point_cloud_metrics(out.points, out.binding, out.mask, teacher.means[:k], batch.binding[:k],
+                                            mask, self.hparams.fscore_tau)
+        self._val_metrics += metrics
+        self._val_finished += out.finished.tolist()
+        self._val_sampled += k
+        if not self._val_figure_done and self.trainer.is_global_zero:
+            self._val_figure_done = True
+            self._log_figure(out.points[0][out.mask[0]], teacher.means[0][mask[0]], batch.subject[0])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_metrics, self._val_finished = [], []
+        self._val_sampled = 0
+        self._val_figure_done = False
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._sampling_epoch():
+            return
+        # sums and counts reduced over ranks (every rank calls reduce, also one that sampled nothing)
+        values = {
+            "chamfer": [m.chamfer for m in self._val_metrics],
+            "fscore": [m.f_score for m in self._val_metrics],
+            "count_ratio": [m.count_ratio for m in self._val_metrics],
+            "binding_agreement": [m.binding_agreement for m in self._val_metrics],
+            "finished_fraction": [float(f) for f in self._val_finished],
+        }
+        stats = torch.tensor([[sum(v for v in vs if not math.isnan(v)), sum(not math.isnan(v) for v in vs)]
+                              for vs in values.values()], dtype=torch.float64, device=self.device)  # [K, 2]
+        stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        for (name, _), (total, count) in zip(values.items(), stats.tolist()):
+            if count > 0:
+                self.log(f"val/{name}", total / count)  # already the same on every rank
+
+    def _log_figure(self, generated: Tensor, teacher: Tensor, subject: str) -> None:
+        writers = [lg.experiment for lg in self.loggers if hasattr(lg.experiment, "add_figure")]
+        if not writers:
+            return
+        figure = cloud_figure(generated.float().cpu(), teacher.float().cpu(), subject)
+        for writer in writers:
+            writer.add_figure("val/clouds", figure, global_step=self.global_step, close=False)
+
+    # --------------------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+        )
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(warmup_steps: int, total_steps: float, min_ratio: float) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up to 1, then cosine to ``min_ratio`` at ``total_steps``
+    (constant after warm-up when the run has no known length)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not math.isfinite(total_steps) or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def cloud_figure(generated: Tensor, teacher: Tensor, title: str = "") -> Figure:
+    """Front (x-y) and side (z-y) scatter plots of the teacher and a generated cloud (``[N, 3]`` each).
+
+    A bare ``Figure`` (no pyplot, no GUI backend): TensorBoard renders it with Agg.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 8), dpi=80)
+    axes = fig.subplots(2, 2)
+    both = torch.cat([generated, teacher]) if generated.numel() else teacher
+    lo, hi = both.min(0).values.numpy(), both.max(0).values.numpy()
+    for row, (cloud, name) in enumerate(((teacher, "teacher"), (generated, "generated"))):
+        for col, (a, b, label) in enumerate(((0, 1, "front (x, y)"), (2, 1, "side (z, y)"))):
+            ax = axes[row, col]
+            if cloud.numel():
+                ax.scatter(cloud[:, a].numpy(), cloud[:, b].numpy(), s=1, c=cloud[:, 2 - a].numpy(), cmap="viridis")
+            ax.set_xlim(lo[a], hi[a])
+            ax.set_ylim(lo[b], hi[b])
+            ax.set_aspect("equal")
+            ax.set_title(f"{name} {label}: {cloud.shape[0]} points", fontsize=9)
+            ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,82 @@
+"""The whole first stage without Lightning: head model + tokenizer + condition encoder + AR Transformer.
+
+:class:`ConditionalPointGenerator` is what ``GeneratorModule`` trains and what the decoder stage and the portrait ->
+avatar pipeline use: encode a portrait into condition tokens, turn teacher clouds into tokens, run the Transformer
+teacher-forced (hidden states for the Gaussian decoder) or sample new clouds.
+
+The head model is *not* a registered submodule: it is rebuilt from its config (FLAME is licensed, so checkpoints never
+carry it) and moved to the inputs' device on use. The tokenizer's box is a buffer, so a checkpoint keeps the box it
+was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from avp.models.encoders import ConditionConfig, ConditionEncoder, condition_vertices
+from avp.models.generator import GeneratorConfig, GeneratorOutput, PointGenerator, point_features
+from avp.models.tokenizer import PointTokenizer, TokenizerConfig
+from avp.sampling import SampleOutput, SamplingConfig, sample, teacher_forced
+from avp.types import HeadParams
+
+
+class ConditionalPointGenerator(nn.Module):
+    """Portrait (+ its head-model fit) -> point-cloud tokens.
+
+    Args:
+        head_model: an ``avp.head.HeadModel`` (needs ``n_faces``, ``faces``, ``canonical_bounds()`` and ``forward``).
+        tokenizer, condition, model: the configs of the three parts.
+    """
+
+    def __init__(self, head_model: nn.Module, tokenizer: TokenizerConfig | None = None,
+                 condition: ConditionConfig | None = None, model: GeneratorConfig | None = None):
+        super().__init__()
+        tokenizer = tokenizer or TokenizerConfig()
+        condition = condition or ConditionConfig()
+        model = model or GeneratorConfig()
+        object.__setattr__(self, "head_model", head_model)  # deliberately unregistered (see the module docstring)
+        bounds = head_model.canonical_bounds().detach().float().cpu()
+        self.tokenizer = PointTokenizer.from_config(tokenizer, bounds, int(head_model.n_faces))
+        self.condition = ConditionEncoder(condition, model.width, bounds)
+        self.transformer = PointGenerator(model, self.tokenizer.vocab_size)
+
+    def _head_on(self, device: torch.device) -> nn.Module:
+        head = self.head_model
+        faces = head.faces
+        if faces.device != device:
+            head.to(device)
+        return head
+
+    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams) -> Tensor:
+        """``portrait [B, 3, H, W]`` in 0..1 and its head parameters ``[B]`` -> condition tokens ``[B, C, D]``."""
+        head = self._head_on(portrait.device)
+        vertices = condition_vertices(head, portrait_head.to(portrait.device), self.condition.config.mesh.space)
+        return self.condition(portrait, vertices, head.faces)
+
+    def teacher_tokens(self, means: Tensor, binding: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher clouds ``[B, N, 3]`` (faces ``[B, N]``, ``mask [B, N]``) -> ``tokens [B, L]``, ``lengths [B]``."""
+        return self.tokenizer.encode_batch(means, binding, mask)
+
+    def forward(self, tokens: Tensor, condition: Tensor, input_pos: Tensor | None = None) -> GeneratorOutput:
+        """The Transformer's forward (see :meth:`PointGenerator.forward`)."""
+        return self.transformer(tokens, condition, input_pos)
+
+    def teacher_forced(self, condition: Tensor, tokens: Tensor, window: int, keep: int = 0,
+                       keep_logits: bool = True) -> GeneratorOutput:
+        """Whole sequences with the contexts sampling would use (see :func:`avp.sampling.teacher_forced`)."""
+        return teacher_forced(self.transformer, condition, tokens, window, keep, keep_logits)
+
+    def teacher_features(self, condition: Tensor, tokens: Tensor, lengths: Tensor, window: int,
+                         keep: int = 0) -> Tensor:
+        """The decoder's per-point features of teacher sequences: ``[B, N, 4, D]`` (zeros on padding)."""
+        out = self.teacher_forced(condition, tokens, window, keep, keep_logits=False)
+        return point_features(out.hidden, (lengths - 2) // 4)
+
+    def sample(self, condition: Tensor, config: SamplingConfig | None = None,
+               generator: torch.Generator | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> SampleOutput:
+        """Sample one cloud per condition (see :func:`avp.sampling.sample`)."""
+        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step)

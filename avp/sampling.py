@@ -1,0 +1,301 @@
+"""Autoregressive sampling of point clouds from a :class:`~avp.models.generator.PointGenerator` (no parameters here).
+
+Every step masks the logits so that only a well-formed sequence can come out:
+
+- *grammar by role*: coordinate tokens at x/y/z slots, face tokens at b slots, EOS only at a point boundary (and only
+  after ``min_points`` points), never BOS or PAD;
+- *order* (when the tokenizer sorts points and ``enforce_order``): each new point is strictly greater than the
+  previous one in the tokenizer's sort order (``yzx``: y, then z, then x, then the face), the order every training
+  sequence has (strictly: duplicates were removed). Tokens arrive as x, y, z, b while the priority can differ, so a
+  value is allowed when *some* completion of the point can still be greater; when none can, only EOS is allowed.
+
+Then temperature (0 = greedy), top-k and top-p pick the token with a seeded ``torch.Generator``.
+
+Long clouds: the model sees at most ``window`` tokens (its training window). When the context would exceed it, the
+sampler restarts the context at a point boundary so that the last ``keep`` tokens or fewer remain, re-encoding them in
+one forward (same absolute positions, the condition kept): exactly the view a training window starting there has.
+With ``use_kv_cache=False`` the same contexts are recomputed in full at every step (the benchmark's baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from avp.models.generator import GeneratorOutput, point_features
+from avp.models.tokenizer import PointTokenizer
+from avp.types import TensorContainer
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample (defaults: plain sampling at temperature 1 with all masks)."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 picks the most likely allowed token (greedy)."""
+    top_k: int = 0
+    """Keep only the k most likely allowed tokens (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1: all)."""
+    max_points: int = 10000
+    """Stop after this many points (the cloud is then returned without EOS, ``finished = False``)."""
+    min_points: int = 1
+    """EOS is not allowed before this many points (unless the order leaves no possible next point)."""
+    enforce_order: bool = True
+    """Each point must follow the previous one in the tokenizer's sort order (ignored for ``order='random'``)."""
+    window: int = 12000
+    """Most tokens the model attends to (its training window); longer clouds slide the context."""
+    keep: int = 0
+    """Tokens kept when the context slides (0: half the window); a smaller value slides less often."""
+    use_kv_cache: bool = True
+    """Decode with the KV cache (False recomputes every context in full: the benchmark baseline)."""
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling: temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling: need top_k >= 0 and 0 < top_p <= 1, got {self.top_k}, {self.top_p}")
+        if self.max_points < 1 or not 0 <= self.min_points <= self.max_points:
+            raise ValueError(f"sampling: need max_points >= 1 and 0 <= min_points <= max_points, got "
+                             f"{self.max_points}, {self.min_points}")
+        if self.window < 8:
+            raise ValueError(f"sampling: window must be at least 8 tokens (two points), got {self.window}")
+        if self.keep and not 4 <= self.keep < self.window:
+            raise ValueError(f"sampling: keep must be in [4, window) or 0, got {self.keep}")
+
+
+@dataclass
+class SampleOutput(TensorContainer):
+    """Sampled clouds of a batch of ``B`` conditions (``N`` = the largest point count)."""
+
+    tokens: Tensor
+    """``[B, L]`` long: ``BOS x y z b … EOS`` then PAD (no EOS when the cloud stopped at ``max_points``)."""
+    lengths: Tensor
+    """``[B]`` long, tokens up to and including EOS (or the last b token)."""
+    points: Tensor
+    """``[B, N, 3]`` dequantised canonical points (bin centres), zeros on padding."""
+    binding: Tensor
+    """``[B, N]`` long face indices, 0 on padding."""
+    mask: Tensor
+    """``[B, N]`` bool, True for real points."""
+    n_points: Tensor
+    """``[B]`` long points per cloud."""
+    finished: Tensor
+    """``[B]`` bool, True when the model emitted EOS (False: stopped at ``max_points``)."""
+    hidden: Tensor
+    """``[B, L, D]`` final hidden state at every input position (from the forward that consumed that token)."""
+
+    @property
+    def point_hidden(self) -> Tensor:
+        """``[B, N, 4, D]`` the decoder's per-point features (hidden states at each point's 4 input positions)."""
+        return point_features(self.hidden, self.n_points)
+
+
+def _aligned_start(pos: int, keep: int) -> int:
+    """Smallest point-boundary position ``1 + 4k`` with at most ``keep`` tokens from it through ``pos``."""
+    lowest = pos + 1 - keep
+    return 1 + 4 * max(0, -(-(lowest - 1) // 4))
+
+
+def context_windows(n_inputs: int, window: int, keep: int = 0) -> list[tuple[int, int, int]]:
+    """How :func:`sample` slides its context over input positions ``0 .. n_inputs - 1``.
+
+    Returns ``(start, first, last)`` groups: inputs ``first .. last`` are all predicted with the context that begins
+    at position ``start`` (``start <= first``; ``start`` is 0 or a point boundary ``1 + 4k``).
+    """
+    keep = keep or window // 2
+    groups = []
+    start = first = 0
+    while first < n_inputs:
+        last = min(start + window - 1, n_inputs - 1)
+        groups.append((start, first, last))
+        first = last + 1
+        start = _aligned_start(first, keep)
+    return groups
+
+
+def teacher_forced(model: torch.nn.Module, condition: Tensor, tokens: Tensor, window: int, keep: int = 0,
+                   keep_logits: bool = True) -> GeneratorOutput:
+    """Teacher-forced forward of whole sequences with exactly the contexts :func:`sample` would use.
+
+    ``tokens [B, L]`` (``BOS …``) -> logits ``[B, L, vocab]`` (``[B, L, 0]`` with ``keep_logits=False``: long clouds
+    have large logits) and hidden ``[B, L, D]`` at every input position. Sequences that fit the window take one
+    forward; longer ones one forward per context (:func:`context_windows`). Gradients flow if enabled.
+    """
+    logits, hidden = [], []
+    for start, first, last in context_windows(tokens.shape[1], window, keep):
+        out = model(tokens[:, start : last + 1], condition, torch.arange(start, last + 1, device=tokens.device))
+        hidden.append(out.hidden[:, first - start :])
+        logits.append(out.logits[:, first - start :] if keep_logits else out.logits[:, first - start :, :0])
+    return GeneratorOutput(logits=torch.cat(logits, dim=1), hidden=torch.cat(hidden, dim=1))
+
+
+def order_threshold(prev: Tensor, has_prev: Tensor, cur: Tensor, role: int, priority: tuple[int, ...],
+                    maxima: tuple[int, int, int, int]) -> Tensor:
+    """Smallest allowed value ``[B]`` of component ``role`` (0..3 = x, y, z, face) so that the point being sampled
+    can still end up strictly greater than ``prev`` in the lexicographic order ``priority``.
+
+    ``prev [B, 4]`` is the previous point, ``cur [B, 4]`` the components sampled so far (those before ``role``).
+    Returns ``maxima[role] + 1`` where no value works (only EOS can follow).
+    """
+    B = prev.shape[0]
+    device = prev.device
+    tied = has_prev.clone()  # False = already free (no previous point or already greater)
+    impossible = torch.zeros(B, dtype=torch.bool, device=device)
+    k_index = priority.index(role)
+    for k in priority[:k_index]:
+        if k < role:  # sampled: compare
+            greater, less = cur[:, k] > prev[:, k], cur[:, k] < prev[:, k]
+            impossible |= tied & less
+            tied &= ~(greater | less)
+        else:  # still to come: it can be made greater unless the previous value is the maximum
+            tied &= prev[:, k] >= maxima[k]
+    # with the prefix tied, equality here is allowed only if the rest can still make the point greater
+    rest_ok = torch.zeros(B, dtype=torch.bool, device=device)
+    rest_tied = torch.ones(B, dtype=torch.bool, device=device)
+    for k in priority[k_index + 1:]:
+        if k < role:
+            greater, less = cur[:, k] > prev[:, k], cur[:, k] < prev[:, k]
+            rest_ok |= rest_tied & greater
+            rest_tied &= ~(greater | less)
+        else:
+            can = prev[:, k] < maxima[k]
+            rest_ok |= rest_tied & can
+            rest_tied &= ~can
+    tight = torch.where(rest_ok, prev[:, role], prev[:, role] + 1)
+    thr = torch.where(tied, tight, torch.zeros_like(tight))
+    return torch.where(impossible, torch.full_like(thr, maxima[role] + 1), thr)
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """``logits [B, V]`` (disallowed already -inf) with all but the top-k / top-p nucleus set to -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # tokens after the nucleus is complete (the first always stays)
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    condition: Tensor,
+    tokenizer: PointTokenizer,
+    config: SamplingConfig | None = None,
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> SampleOutput:
+    """Sample one cloud per condition.
+
+    Args:
+        model: a :class:`~avp.models.generator.PointGenerator` (anything with its forward and KV-cache API).
+        condition: ``[B, C, D]`` condition tokens (``ConditionEncoder`` output).
+        tokenizer: the tokenizer the model was trained with.
+        config: :class:`SamplingConfig` (default: temperature 1, all masks, 10,000 points at most).
+        generator: RNG for the token draws, on the condition's device (None: the global one).
+        on_step: called as ``on_step(position, max_position)`` after every step (progress bars).
+    """
+    config = config or SamplingConfig()
+    config.validate()
+    B = condition.shape[0]
+    device = condition.device
+    L, F = tokenizer.levels, tokenizer.n_faces
+    enforce = config.enforce_order and tokenizer.sorted
+    priority = tokenizer.priority if enforce else (0, 1, 2, 3)
+    maxima = (L - 1, L - 1, L - 1, F - 1)
+    keep = config.keep or config.window // 2
+    last_input = 4 * config.max_points  # position of the last b token a cloud may have
+    total = last_input + 2
+
+    tokens = torch.full((B, total), tokenizer.pad_id, dtype=torch.long, device=device)
+    tokens[:, 0] = tokenizer.bos_id
+    hidden = torch.zeros(0)  # allocated by the first forward (its dtype and width)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    n_points = torch.zeros(B, dtype=torch.long, device=device)
+    prev = torch.zeros(B, 4, dtype=torch.long, device=device)
+    cur = torch.zeros(B, 4, dtype=torch.long, device=device)
+    vocab = torch.arange(tokenizer.vocab_size, device=device)
+
+    was_training = model.training
+    model.eval()
+    if config.use_kv_cache:
+        model.set_kv_cache(B, config.window)
+    try:
+        ctx_start = 0  # first position of the model's context
+        cached_to = 0  # with the cache: positions ctx_start .. cached_to - 1 are in it
+        pos = 0  # position of the next input token
+        while True:
+            # ---- forward the input token at `pos` (after a slide, the kept context is re-encoded with it)
+            if pos - ctx_start + 1 > config.window:
+                ctx_start = _aligned_start(pos, keep)
+                if config.use_kv_cache:
+                    model.reset_kv_cache(ctx_start)
+                    cached_to = ctx_start
+            first = cached_to if config.use_kv_cache else ctx_start
+            out = model(tokens[:, first : pos + 1], condition, torch.arange(first, pos + 1, device=device))
+            cached_to = pos + 1
+            if pos == 0:
+                hidden = out.hidden.new_zeros(B, total, out.hidden.shape[-1])
+            hidden[:, pos] = out.hidden[:, -1]
+            if pos == last_input:
+                break
+            # ---- choose the token at pos + 1
+            role = pos % 4  # role of position pos + 1 is (pos + 1 - 1) % 4
+            if enforce:
+                thr = order_threshold(prev, n_points > 0, cur, role, priority, maxima)
+            else:
+                thr = torch.zeros(B, dtype=torch.long, device=device)
+            if role == 3:
+                lo, hi = L + thr, torch.full_like(thr, L + F)
+            else:
+                lo, hi = thr, torch.full_like(thr, L)
+            allowed = (vocab >= lo[:, None]) & (vocab < hi[:, None])  # [B, V]
+            if role == 0:
+                no_next_point = thr > maxima[0]
+                allowed[:, tokenizer.eos_id] = (n_points >= config.min_points) | no_next_point
+            logits = out.logits[:, -1].float().masked_fill(~allowed, float("-inf"))
+            if config.temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_id), nxt)
+            tokens[:, pos + 1] = nxt
+            # ---- bookkeeping
+            done |= nxt == tokenizer.eos_id
+            cur[:, role] = nxt - L if role == 3 else nxt
+            if role == 3:
+                live = ~done
+                prev = torch.where(live[:, None], cur, prev)
+                n_points += live.long()
+            pos += 1
+            if on_step is not None:
+                on_step(pos, last_input)
+            if role == 0 and bool(done.all()):
+                break
+    finally:
+        if config.use_kv_cache:
+            model.clear_kv_cache()
+        model.train(was_training)
+
+    finished = done
+    lengths = torch.where(finished, 4 * n_points + 2, 4 * n_points + 1)
+    n_max = int(n_points.max())
+    L_out = int(lengths.max())
+    tokens = tokens[:, :L_out]
+    hidden = hidden[:, :L_out]
+    rows = tokens[:, 1 : 1 + 4 * n_max].reshape(B, n_max, 4)  # [B, N, 4]
+    mask = torch.arange(n_max, device=device)[None, :] < n_points[:, None]
+    q = rows[..., :3].clamp(0, L - 1)
+    points = tokenizer.dequantize(q) * mask[..., None]
+    binding = (rows[..., 3] - L).clamp(min=0) * mask
+    return SampleOutput(tokens=tokens, lengths=lengths, points=points, binding=binding, mask=mask,
+                        n_points=n_points, finished=finished, hidden=hidden)
+

@@ -1,0 +1,214 @@
+"""Sampling: every output is a valid sequence (property test over random logits), order feasibility against brute
+force, KV-cache vs recompute parity with sliding windows, seeds, limits and bad configs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from avp.models.generator import GeneratorConfig, GeneratorOutput, PointGenerator
+from avp.models.tokenizer import ORDERS, PointTokenizer
+from avp.sampling import SamplingConfig, context_windows, order_threshold, sample, teacher_forced
+
+BOUNDS = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: a second thread only adds hand-offs
+    yield
+    torch.set_num_threads(before)
+
+
+class RandomLogits(nn.Module):
+    """A stand-in generator whose logits are random (seeded), with a tunable EOS bias; it checks the cache API."""
+
+    def __init__(self, vocab: int, eos_id: int, eos_bias: float, seed: int, width: int = 3):
+        super().__init__()
+        self.vocab, self.eos_id, self.eos_bias, self.width = vocab, eos_id, eos_bias, width
+        self.rng = torch.Generator().manual_seed(seed)
+        self.cache: tuple[int, int] | None = None  # (start, next position)
+
+    def set_kv_cache(self, batch_size: int, max_len: int) -> None:
+        self.cache = (0, 0)
+        self.max_len = max_len
+
+    def reset_kv_cache(self, start: int = 0) -> None:
+        self.cache = (start, start)
+
+    def clear_kv_cache(self) -> None:
+        self.cache = None
+
+    def forward(self, tokens: Tensor, condition: Tensor, input_pos: Tensor) -> GeneratorOutput:
+        B, T = tokens.shape
+        if self.cache is not None:
+            start, nxt = self.cache
+            assert int(input_pos[0]) == nxt and int(input_pos[-1]) - start < self.max_len
+            self.cache = (start, int(input_pos[-1]) + 1)
+        logits = torch.randn(B, T, self.vocab, generator=self.rng) * 3
+        logits[..., self.eos_id] += self.eos_bias
+        return GeneratorOutput(logits=logits, hidden=torch.randn(B, T, self.width, generator=self.rng))
+
+
+def check_valid(out, tok: PointTokenizer, config: SamplingConfig, enforce: bool) -> None:
+    for i in range(out.tokens.shape[0]):
+        seq = out.tokens[i]
+        n = int(out.n_points[i])
+        length = int(out.lengths[i])
+        assert seq[0] == tok.bos_id
+        assert n <= config.max_points
+        rows = tok.decode_rows(seq)  # raises on any role violation
+        assert len(rows) == n
+        specials = (seq[1:length] == tok.bos_id) | (seq[1:length] == tok.pad_id)
+        assert not specials.any()
+        if out.finished[i]:
+            assert seq[length - 1] == tok.eos_id and length == 4 * n + 2
+            assert (seq[length:] == tok.pad_id).all()
+        else:
+            assert n == config.max_points and length == 4 * n + 1
+        assert ((seq[1:length] == tok.eos_id).nonzero().flatten() + 1).tolist() in ([], [length - 1])
+        if enforce and n > 1:
+            keys = [tuple(int(r[k]) for k in tok.priority) for r in rows]
+            assert all(a < b for a, b in zip(keys, keys[1:])), keys
+        if n < config.min_points:  # only when the order left no possible next point
+            top = [tok.levels - 1] * 3 + [tok.n_faces - 1]
+            assert enforce and rows[-1].tolist() == top
+        assert torch.equal(out.binding[i, :n], rows[:, 3])
+        assert torch.allclose(out.points[i, :n], tok.dequantize(rows[:, :3]))
+    assert out.point_hidden.shape[:3] == (out.tokens.shape[0], int(out.n_points.max()), 4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    levels=st.integers(2, 5), n_faces=st.integers(1, 3), order=st.sampled_from(ORDERS),
+    enforce=st.booleans(), temperature=st.sampled_from([0.0, 0.5, 1.0, 3.0]), top_k=st.integers(0, 4),
+    top_p=st.sampled_from([1.0, 0.9, 0.3]), max_points=st.integers(1, 30), min_points=st.integers(0, 6),
+    window=st.integers(8, 40), eos_bias=st.sampled_from([-20.0, 0.0, 4.0]), use_kv=st.booleans(),
+    batch=st.integers(1, 3), seed=st.integers(0, 2**16),
+)
+def test_sampling_never_emits_an_invalid_sequence(levels, n_faces, order, enforce, temperature, top_k, top_p,
+                                                  max_points, min_points, window, eos_bias, use_kv, batch, seed):
+    tok = PointTokenizer(BOUNDS, n_faces=n_faces, levels=levels, order=order)
+    model = RandomLogits(tok.vocab_size, tok.eos_id, eos_bias, seed)
+    config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, max_points=max_points,
+                            min_points=min(min_points, max_points), enforce_order=enforce, window=window,
+                            use_kv_cache=use_kv)
+    out = sample(model, torch.zeros(batch, 2, 3), tok, config, torch.Generator().manual_seed(seed))
+    check_valid(out, tok, config, enforce and tok.sorted)
+    assert model.cache is None  # the sampler frees the cache
+
+
+def test_order_threshold_matches_brute_force_feasibility() -> None:
+    levels, n_faces = 3, 2
+    maxima = (levels - 1, levels - 1, levels - 1, n_faces - 1)
+    every = list(itertools.product(range(levels), range(levels), range(levels), range(n_faces)))
+    for order in ("yzx", "xyz", "zxy"):
+        priority = PointTokenizer(BOUNDS, n_faces=n_faces, levels=levels, order=order).priority
+
+        def key(p: tuple[int, ...], priority=priority) -> tuple[int, ...]:
+            return tuple(p[k] for k in priority)
+        for prev in every[:: 5]:
+            for role in range(4):
+                for partial in {p[:role] for p in every}:
+                    feasible = [v for v in range(maxima[role] + 1)
+                                if any(key(p) > key(prev) for p in every if p[: role + 1] == (*partial, v))]
+                    cur = torch.tensor([[*partial, *([0] * (4 - role))]])
+                    thr = int(order_threshold(torch.tensor([prev]), torch.tensor([True]), cur, role, priority,
+                                              maxima)[0])
+                    reachable = any(key(p) > key(prev) for p in every if p[:role] == partial)
+                    if not reachable:
+                        continue  # the sampler never reaches an infeasible prefix
+                    assert feasible == list(range(thr, maxima[role] + 1)), (order, prev, role, partial)
+
+
+def tiny_model(levels: int = 16, n_faces: int = 10) -> tuple[PointGenerator, PointTokenizer]:
+    tok = PointTokenizer(BOUNDS, n_faces=n_faces, levels=levels)
+    return PointGenerator(GeneratorConfig(n_layers=2, width=32, n_heads=4), tok.vocab_size).eval(), tok
+
+
+@pytest.mark.parametrize("window", [1000, 24, 13])
+def test_kv_cache_and_recompute_sample_the_same_tokens_and_states(window: int) -> None:
+    model, tok = tiny_model()
+    cond = torch.randn(3, 5, 32)
+    outs = [sample(model, cond, tok, SamplingConfig(temperature=0, max_points=25, window=window, use_kv_cache=kv))
+            for kv in (True, False)]
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    assert (outs[0].hidden - outs[1].hidden).abs().max() <= 1e-5
+    assert outs[0].n_points.max() > 3  # long enough to slide for the small windows
+
+
+def test_sliding_contexts_match_an_independent_reference_loop() -> None:
+    """Greedy decoding with a 16-token window, recomputed here from the documented rule without the sampler."""
+    model, tok = tiny_model()
+    cond = torch.randn(1, 5, 32)
+    window, keep = 16, 7
+    config = SamplingConfig(temperature=0, max_points=12, min_points=12, enforce_order=False, window=window,
+                            keep=keep)
+    out = sample(model, cond, tok, config)
+    seq = [tok.bos_id]
+    start = 0
+    for pos in range(4 * 12):
+        if pos - start + 1 > window:  # restart at the first point boundary leaving <= keep tokens
+            start = next(s for s in range(1, pos + 1, 4) if pos - s + 1 <= keep)
+        logits = model(torch.tensor([seq[start:]]), cond, torch.arange(start, pos + 1)).logits[0, -1]
+        role = pos % 4
+        allowed = torch.zeros_like(logits, dtype=torch.bool)
+        if role == 3:
+            allowed[tok.levels : tok.levels + tok.n_faces] = True
+        else:
+            allowed[: tok.levels] = True
+        seq.append(int(logits.masked_fill(~allowed, float("-inf")).argmax()))
+    assert out.tokens[0].tolist() == seq
+    assert not out.finished[0]
+
+
+def test_teacher_forcing_reproduces_the_sampled_logits_and_hidden_states() -> None:
+    model, tok = tiny_model()
+    cond = torch.randn(2, 5, 32)
+    out = sample(model, cond, tok, SamplingConfig(temperature=0, max_points=20, min_points=20, window=20))
+    forced = teacher_forced(model, cond, out.tokens, window=20)
+    assert (forced.hidden[:, :-1] - out.hidden[:, :-1]).abs().max() <= 1e-5
+    no_logits = teacher_forced(model, cond, out.tokens, window=20, keep_logits=False)
+    assert no_logits.logits.shape[-1] == 0 and torch.equal(no_logits.hidden, forced.hidden)
+
+
+def test_seeds_top_k_top_p_and_limits() -> None:
+    model, tok = tiny_model()
+    cond = torch.randn(2, 5, 32)
+    def run(seed: int, **kw):
+        return sample(model, cond, tok, SamplingConfig(**{"max_points": 15, **kw}), torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(3).tokens, run(3).tokens)
+    assert not torch.equal(run(3, min_points=15).tokens, run(4, min_points=15).tokens)
+    greedy = sample(model, cond, tok, SamplingConfig(temperature=0, max_points=15))
+    assert torch.equal(run(5, top_k=1).tokens, greedy.tokens)
+    assert torch.equal(run(6, top_p=1e-6).tokens, greedy.tokens)
+    capped = run(7, min_points=15, max_points=15, enforce_order=False)  # a random model soon exhausts the order
+    assert (capped.n_points == 15).all() and not capped.finished.any()
+    assert capped.hidden[:, -1].abs().sum() > 0  # the last face token was consumed too
+
+
+def test_context_windows_cover_every_input_once_with_aligned_starts() -> None:
+    for n, window, keep in [(5, 8, 0), (100, 16, 0), (1001, 40, 9), (12, 12, 4)]:
+        groups = context_windows(n, window, keep)
+        assert groups[0][:2] == (0, 0) and groups[-1][2] == n - 1
+        for (_, _, last), (_, nxt, _) in zip(groups, groups[1:]):
+            assert nxt == last + 1
+        for s, f, last in groups:
+            assert (s == 0 or s % 4 == 1) and s <= f <= last and last - s + 1 <= window
+
+
+def test_bad_configs_are_refused() -> None:
+    model, tok = tiny_model()
+    cond = torch.randn(1, 5, 32)
+    for kw, msg in [({"temperature": -1}, "temperature"), ({"window": 4}, "window"), ({"top_p": 0}, "top_p"),
+                    ({"max_points": 0}, "max_points"), ({"min_points": 5, "max_points": 3}, "min_points"),
+                    ({"keep": 100, "window": 50}, "keep")]:
+        with pytest.raises(ValueError, match=msg):
+            sample(model, cond, tok, SamplingConfig(**kw))
