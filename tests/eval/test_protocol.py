@@ -1,0 +1,130 @@
+"""Evaluation protocols: the shipped YAML files load, round-trip and are recorded whole; every bad key or value is
+refused with a message naming the file and the key; overrides go through the same checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avp.eval.protocol import (
+    DEFAULT_COLUMNS,
+    EvalProtocol,
+    ProtocolError,
+    apply_overrides,
+    load_protocol,
+    protocol_from_dict,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eval"
+
+
+def _write(tmp_path: Path, data: dict, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load((CONFIGS / "self_reenactment.yaml").read_text())
+
+
+def test_the_shipped_protocols_load_and_state_everything_a_number_depends_on() -> None:
+    selfp = load_protocol(CONFIGS / "self_reenactment.yaml")
+    cross = load_protocol(CONFIGS / "cross_reenactment.yaml")
+    assert (selfp.name, selfp.task, cross.name, cross.task) == ("self_reenactment", "self", "cross_reenactment",
+                                                                 "cross")
+    for p in (selfp, cross):
+        assert p.version >= 1 and p.data.split == "test" and p.description
+        assert p.render.resolution >= 16 and p.render.background == "clip"
+        assert p.sampling.seed == 0 and 0 < p.sampling.top_p <= 1
+        # every key is written in the file: nothing silently comes from code defaults
+        raw = yaml.safe_load((CONFIGS / f"{p.name}.yaml").read_text())
+        assert set(raw) == set(p.to_dict()) - ({"pairs"} if p.pairs is None else set())
+        for section, values in p.to_dict().items():
+            if isinstance(values, dict):
+                assert set(raw[section]) == set(values), section
+    assert selfp.pairs is None and cross.pairs is not None and cross.pairs.shift == 1
+    assert selfp.masks.use and not cross.masks.use
+    assert selfp.columns() == DEFAULT_COLUMNS["self"] and cross.columns() == DEFAULT_COLUMNS["cross"]
+
+
+def test_round_trip_and_record(tmp_path: Path) -> None:
+    path = CONFIGS / "cross_reenactment.yaml"
+    p = load_protocol(path)
+    assert protocol_from_dict(p.to_dict()) == p
+    again = load_protocol(_write(tmp_path, p.to_dict()))
+    assert again == p
+    record = p.record(str(path), ["render.resolution=64"])
+    assert record["name"] == "cross_reenactment" and record["version"] == p.version and record["task"] == "cross"
+    assert record["content"] == p.to_dict() and record["overrides"] == ["render.resolution=64"]
+    assert len(record["file_sha256"]) == 64 and len(record["content_sha256"]) == 64
+    changed = load_protocol(path, ["render.resolution=64"])
+    assert changed.record()["content_sha256"] != record["content_sha256"]  # the content hash sees any change
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["render"].update(resolutoin=64), "render.resolutoin: unknown key"),
+    (lambda d: d["render"].update(resolution="big"), "render.resolution: expected an integer, got 'big'"),
+    (lambda d: d["render"].update(resolution=8), "render.resolution: must be >= 16"),
+    (lambda d: d.pop("version"), "version: required key is missing"),
+    (lambda d: d.update(task="both"), "task: must be one of ['self', 'cross']"),
+    (lambda d: d["sampling"].update(top_p=1.5), "sampling.top_p: must be in (0, 1]"),
+    (lambda d: d["sampling"].update(temperature=-1), "sampling.temperature: must be >= 0"),
+    (lambda d: d["masks"].update(use="yes"), "masks.use: expected true or false, got 'yes'"),
+    (lambda d: d["frames"].update(indices=[0, 0]), "frames.indices: indices must be distinct"),
+    (lambda d: d["views"].update(indices=[]), "views.indices: must not be empty"),
+    (lambda d: d["render"].update(background="grey"), "render.background: must be one of"),
+    (lambda d: d["render"].update(background=[1, 1]), "render.background: an [r, g, b] colour needs three"),
+    (lambda d: d["render"].update(rig_identity="mean"), "render.rig_identity: must be one of"),
+    (lambda d: d.update(pairs={"shift": 1}), "pairs: only cross-reenactment protocols pair subjects"),
+    (lambda d: d.update(task="cross"), "pairs: cross-reenactment needs a pairs section"),
+    (lambda d: d["data"].update(subjects=["a", "a"]), "data.subjects: lists a subject twice"),
+    (lambda d: d["face"].update(views=[7], resolution=256) or d["views"].update(indices=[0]),
+     "face.views: [7] must be among views.indices"),
+    (lambda d: d["weights"].update(lpips_net="resnet"), "weights.lpips_net: must be alex, vgg or squeeze"),
+    (lambda d: d.update(data=[]), "data: expected a mapping of DataSelection fields"),
+])
+def test_bad_protocols_name_the_file_and_the_key(tmp_path: Path, edit, message: str) -> None:
+    data = _base()
+    edit(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_protocol(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ProtocolError, match="bad.yaml: not valid YAML"):
+        load_protocol(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ProtocolError, match="expected a mapping of protocol keys"):
+        load_protocol(bad)
+
+
+def test_overrides_change_values_and_go_through_the_same_checks() -> None:
+    path = CONFIGS / "self_reenactment.yaml"
+    p = load_protocol(path, ["render.resolution=64", "views.indices=[0, 2]", "data.subjects=null",
+                             "sampling.temperature=0.5", "report.columns=[psnr, ssim]"])
+    assert p.render.resolution == 64 and p.views.indices == [0, 2] and p.sampling.temperature == 0.5
+    assert p.columns() == ["psnr", "ssim"]
+    cross = load_protocol(CONFIGS / "cross_reenactment.yaml", ["pairs.explicit=[[a, b]]"])
+    assert cross.pairs is not None and cross.pairs.explicit == [["a", "b"]]
+    with pytest.raises(ProtocolError, match=r"render\.resolutoin is not a protocol key"):
+        load_protocol(path, ["render.resolutoin=64"])
+    with pytest.raises(ProtocolError, match="expected KEY=VALUE"):
+        load_protocol(path, ["render.resolution"])
+    with pytest.raises(ProtocolError, match="render.resolution: expected an integer"):
+        load_protocol(path, ["render.resolution=large"])
+    with pytest.raises(ProtocolError, match="version has no sub-keys"):
+        apply_overrides(_base(), ["version.major=2"])
+
+
+def test_defaults_are_a_complete_self_protocol() -> None:
+    p = protocol_from_dict({"name": "x", "version": 1, "task": "self"})
+    assert isinstance(p, EvalProtocol) and p.pairs is None and p.face.resolution == 256
