@@ -1,0 +1,195 @@
+"""Every YAML under configs/ and experiments/ goes through the real CLI parser (no instantiation).
+
+Kinds (experiments/README.md defines them):
+- sweep specs (``*.sweep.yaml``): validated by the spec parser, and every variant's merged config by the CLI;
+- deltas (a ``# bases: …`` header, or ``configs/debug/<stage>.yaml`` on ``configs/<stage>/base.yaml``): parsed on
+  top of each base; deltas under ``experiments/`` must also change only scalar leaves, each reading back unchanged;
+- tool configs (``# not-a-lightning-config: …`` header, or neither a ``model`` nor a ``trainer`` section, like the
+  ``configs/eval`` protocols): read by a tool verb, only checked to be YAML mappings;
+- everything else is a complete config and must parse alone.
+Bad input (an unknown key, a wrong type) fails with jsonargparse's error naming the key and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from avp import cli
+from avp.sweep.spec import SpecError, expand, importable, load_spec, parse_with_cli, resolve_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+YAMLS = sorted(p for d in ("configs", "experiments") for ext in ("*.yaml", "*.yml") for p in (ROOT / d).rglob(ext))
+HEADER_KEY = re.compile(r"^#\s*([a-z][a-z-]*):\s*(.*)$")
+
+
+def header(path: Path) -> dict[str, str]:
+    """The leading ``# key: value`` comment lines (indented ``#   …`` lines continue the previous value)."""
+    out: dict[str, str] = {}
+    last = None
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        match = HEADER_KEY.match(line)
+        if match:
+            last = match.group(1)
+            out[last] = match.group(2).strip()
+        elif last is not None and line.startswith("#  "):
+            out[last] += " " + line.lstrip("# ").strip()
+    return out
+
+
+def bases(path: Path) -> list[Path]:
+    declared = header(path).get("bases")
+    if declared:
+        return [ROOT / b.strip() for b in declared.split(",") if b.strip()]
+    rel = path.relative_to(ROOT)
+    if rel.parts[:2] == ("configs", "debug"):
+        implicit = ROOT / "configs" / path.stem / "base.yaml"
+        if implicit.exists():
+            return [implicit]
+    return []
+
+
+LIGHTNING_SECTIONS = ("model", "trainer")
+
+
+def kind(path: Path) -> str:
+    if path.name.endswith((".sweep.yaml", ".sweep.yml")):
+        return "sweep"
+    if "not-a-lightning-config" in header(path):
+        return "other"
+    if bases(path):
+        return "delta"
+    content = yaml.safe_load(path.read_text())
+    if isinstance(content, dict) and not any(k in content for k in LIGHTNING_SECTIONS):
+        return "other"  # a tool's config (e.g. configs/eval protocols): no model or trainer section
+    return "complete"
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def of_kind(name: str) -> list[Path]:
+    return [p for p in YAMLS if kind(p) == name]
+
+
+def parse(*configs: Path) -> dict[str, Any]:
+    args = [a for c in configs for a in ("--config", str(c))]
+    with importable(ROOT):
+        return parse_with_cli(args, " + ".join(rel(c) for c in configs))
+
+
+def scalar_leaves(tree: Any, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, value) of every leaf; raises ValueError at a list or an empty mapping (not a scalar change)."""
+    if isinstance(tree, dict):
+        if not tree:
+            raise ValueError(f"{'.'.join(prefix) or '<root>'}: an empty mapping replaces a whole section")
+        return [leaf for key, value in tree.items() for leaf in scalar_leaves(value, (*prefix, str(key)))]
+    if isinstance(tree, (list, tuple)):
+        raise ValueError(f"{'.'.join(prefix)}: a list replaces a whole value; deltas change scalar leaves only")
+    if prefix and prefix[-1] == "class_path":
+        raise ValueError(f"{'.'.join(prefix)}: a delta never changes a class_path")
+    return [(prefix, tree)]
+
+
+def lookup(tree: dict, path: tuple) -> Any:
+    node: Any = tree
+    for i, key in enumerate(path):
+        if not isinstance(node, dict) or key not in node:
+            where = '.'.join(path[:i]) or '<root>'
+            raise KeyError(f"{'.'.join(path)}: no such key in the parsed config (stops at {where})")
+        node = node[key]
+    return node
+
+
+def test_the_config_tree_is_not_empty() -> None:
+    assert of_kind("complete") and of_kind("delta") and of_kind("sweep")
+
+
+@pytest.mark.parametrize("path", of_kind("complete"), ids=rel)
+def test_a_complete_config_parses_alone(path: Path) -> None:
+    config = parse(path)
+    assert config["model"]["class_path"] and config["data"]["class_path"]
+
+
+@pytest.mark.parametrize("path,base", [(p, b) for p in of_kind("delta") for b in bases(p)],
+                         ids=lambda x: rel(x) if isinstance(x, Path) else str(x))
+def test_a_delta_parses_on_its_base_and_sets_what_it_says(path: Path, base: Path) -> None:
+    assert base.is_file(), f"{rel(path)}: declared base {base} does not exist"
+    assert kind(base) == "complete", f"{rel(path)}: base {rel(base)} must be a complete config"
+    resolved = parse(base, path)
+    if rel(path).startswith("configs/"):
+        return  # overlays (configs/debug) may replace lists; they only have to parse
+    head = header(path)
+    assert head.get("hypothesis") and head.get("metric"), f"{rel(path)}: header needs # hypothesis: and # metric:"
+    for key, value in scalar_leaves(yaml.safe_load(path.read_text())):
+        lookup(parse(base), key)  # the key exists in the base: a delta adds nothing
+        assert lookup(resolved, key) == value, f"{rel(path)}: {'.'.join(key)} resolved to {lookup(resolved, key)!r}"
+
+
+@pytest.mark.parametrize("path", of_kind("sweep"), ids=rel)
+def test_a_sweep_spec_validates_and_every_variant_parses(path: Path) -> None:
+    spec = load_spec(path, workdir=ROOT)
+    runs = expand(spec)
+    assert len(runs) == len(spec.variants) * len(spec.seeds)
+    for run in runs:
+        if run.seed == spec.seeds[0]:  # the seed changes one scalar; one run per variant is parsed
+            text = resolve_run_config(run)
+            assert yaml.safe_load(text)["trainer"]["default_root_dir"] == str(run.run_dir)
+
+
+@pytest.mark.parametrize("path", of_kind("other"), ids=rel)
+def test_a_tool_config_is_a_yaml_mapping(path: Path) -> None:
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+@pytest.fixture
+def generator_base() -> Path:
+    path = ROOT / "configs" / "generator" / "base.yaml"
+    if not path.exists():
+        pytest.skip("configs/generator/base.yaml is not there")
+    return path
+
+
+@pytest.mark.parametrize("delta,names", [
+    ({"model": {"init_args": {"tokenizer": {"levelz": 256}}}}, "levelz"),
+    ({"trainer": {"max_steps": "many"}}, "max_steps"),
+    ({"trainer": {"max_stepz": 3}}, "max_stepz"),
+])
+def test_an_unknown_key_or_a_wrong_type_fails_naming_the_key(tmp_path: Path, capsys, generator_base: Path,
+                                                            delta: dict, names: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(delta))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", str(generator_base), "--config", str(bad), "--print_config"])
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "error:" in err and names in err
+    with pytest.raises(SpecError, match=names):
+        parse(generator_base, bad)
+
+
+def test_the_delta_checks_catch_violations() -> None:
+    with pytest.raises(ValueError, match="a list"):
+        scalar_leaves({"trainer": {"callbacks": [{"class_path": "x"}]}})
+    with pytest.raises(ValueError, match="class_path"):
+        scalar_leaves({"model": {"class_path": "avp.lit.other.Module"}})
+    with pytest.raises(ValueError, match="empty mapping"):
+        scalar_leaves({"model": {"init_args": {}}})
+    assert scalar_leaves({"a": {"b": 1, "c": None}}) == [(("a", "b"), 1), (("a", "c"), None)]
+    with pytest.raises(KeyError, match="a.x"):
+        lookup({"a": {"b": 1}}, ("a", "x"))
+
+
+def test_header_and_kinds(tmp_path: Path) -> None:
+    path = tmp_path / "d.yaml"
+    path.write_text("# bases: configs/a.yaml, configs/b.yaml\n# hypothesis: one\n#   two\n# metric: val/loss\nx: 1\n")
+    assert header(path) == {"bases": "configs/a.yaml, configs/b.yaml", "hypothesis": "one two", "metric": "val/loss"}
+    assert [rel(b) for b in bases(path)] == ["configs/a.yaml", "configs/b.yaml"]
