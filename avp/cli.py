@@ -23,6 +23,11 @@ LIGHTNING_VERBS = {
 # verb -> (module exposing ``main(argv) -> int``, one-line description)
 TOOLS: dict[str, tuple[str, str]] = {
     "bench": ("avp.bench", "benchmarks that print JSON (avp bench --list)"),
+    "data": ("avp.data.cli", "build and check shard datasets: synth, convert, preview, validate, index"),
+    "sweep": ("avp.sweep.cli", "run an ablation sweep (variants x seeds) locally or on SLURM"),
+    "compare": ("avp.compare", "tables (md/csv) and plots comparing runs from their TensorBoard logs"),
+    "avatarize": ("avp.avatarize", "photo -> avatar: driven and orbit mp4, GaussianAvatars and 3DGS ply exports"),
+    "eval": ("avp.eval.cli", "evaluate a model on a protocol (configs/eval/): renders, metrics, report tables"),
 }
 
 

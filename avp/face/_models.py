@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 from avp.face.errors import FaceToolsUnavailable
+from avp.signals import ignore_profiling_signal
 
 LANDMARKER_TASK = "face_landmarker_v2.task"
 
@@ -21,6 +22,7 @@ def import_dlib() -> ModuleType:
 
 
 def import_mediapipe() -> ModuleType:
+    ignore_profiling_signal()
     try:
         return importlib.import_module("mediapipe")
     except ImportError as e:

@@ -1,0 +1,46 @@
+"""Taking an avatar elsewhere: GaussianAvatars' ``point_cloud.ply`` + ``flame_param.npz``, world-space 3DGS ``.ply``
+files that splat viewers open, and mp4 videos."""
+
+from __future__ import annotations
+
+from avp.export.ply import (
+    FLAME_PARAM_NAMES,
+    PlyError,
+    PlySplats,
+    cloud_from_splats,
+    from_gaussian_avatars,
+    gaussian_avatars_fields,
+    read_flame_param_npz,
+    read_gaussian_avatars_ply,
+    read_splat_ply,
+    splat_fields,
+    splats_from_cloud,
+    to_gaussian_avatars,
+    write_flame_param_npz,
+    write_gaussian_avatars_ply,
+    write_splat_ply,
+)
+from avp.export.video import VideoInfo, VideoWriter, read_video, video_info, write_video
+
+__all__ = [
+    "FLAME_PARAM_NAMES",
+    "PlyError",
+    "PlySplats",
+    "VideoInfo",
+    "VideoWriter",
+    "cloud_from_splats",
+    "from_gaussian_avatars",
+    "gaussian_avatars_fields",
+    "read_flame_param_npz",
+    "read_gaussian_avatars_ply",
+    "read_splat_ply",
+    "read_video",
+    "splat_fields",
+    "splats_from_cloud",
+    "to_gaussian_avatars",
+    "video_info",
+    "write_flame_param_npz",
+    "write_gaussian_avatars_ply",
+    "write_splat_ply",
+    "write_video",
+]

@@ -1,0 +1,148 @@
+"""AvatarPipeline and Avatar with tiny checkpoints trained inside the test session: the astronaut becomes an avatar
+that animates with the rig built once, renders, saves and loads, and exports consistently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from skimage import data
+
+from avp.driving import builtin_motion
+from avp.export.ply import (
+    from_gaussian_avatars,
+    read_gaussian_avatars_ply,
+    read_splat_ply,
+    to_gaussian_avatars,
+    write_gaussian_avatars_ply,
+    write_splat_ply,
+)
+from avp.pipeline import Avatar, AvatarPipeline
+from avp.portrait.fit import FitConfig
+from tests.portrait.tiny_models import MAX_POINTS, build_tiny_checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.getbasetemp() / "tiny_avp_checkpoints"
+    root.mkdir(exist_ok=True)
+    return build_tiny_checkpoints(root)
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoints):
+    return AvatarPipeline.from_checkpoints(checkpoints.generator, checkpoints.decoder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def portrait(pipe):
+    return pipe.preprocess(data.astronaut(), what="astronaut", fit_config=FitConfig(steps=120), progress=False)
+
+
+@pytest.fixture(scope="module")
+def avatar(pipe, portrait):
+    return pipe.reconstruct(portrait, seed=0, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_reconstruct_the_astronaut(pipe, portrait, avatar):
+    assert len(portrait.analysis.boxes) == 1 and portrait.fit.report()["rms_px"] < 15.0
+    n = avatar.n_points
+    assert 1 <= n <= MAX_POINTS
+    assert avatar.cloud.means.shape == (1, n, 3) and avatar.binding.shape == (n,) and avatar.points.shape == (n, 3)
+    assert int(avatar.binding.max()) < pipe.head_model.n_faces
+    for name in ("means", "quats", "scales", "opacities", "sh"):
+        assert torch.isfinite(getattr(avatar.cloud, name)).all()
+    lo, hi = pipe.module.tokenizer.bounds  # generated points lie in the tokenizer's box
+    assert ((avatar.points >= lo - 1e-6) & (avatar.points <= hi + 1e-6)).all()
+    assert avatar.meta["seed"] == 0 and avatar.meta["n_points"] == n and avatar.meta["fit"]["rms_px"] < 15.0
+    assert avatar.portrait is not None and avatar.head_model.name == "builtin-v1"
+    again = pipe.reconstruct(portrait, seed=0, progress=False)  # same seed, same avatar
+    assert torch.equal(again.points, avatar.points) and torch.equal(again.cloud.means, avatar.cloud.means)
+
+
+def test_template_points_baseline(pipe, portrait):
+    base = pipe.reconstruct(portrait, points="template", progress=False)
+    assert base.n_points == pipe.module.hparams.template_points
+
+
+def test_animate_reuses_the_rig(avatar, monkeypatch):
+    seq = builtin_motion("talk", avatar.head_model, frames=6)
+    first = avatar.animate(seq.head)
+
+    def no_rebinding(*args, **kwargs):
+        raise AssertionError("animate/render must reuse the rig built in reconstruct")
+
+    monkeypatch.setattr(avatar.head_model, "rig", no_rebinding)
+    monkeypatch.setattr(type(avatar.head_model), "rig", no_rebinding)
+    posed = avatar.animate(seq.head)
+    assert posed.means.shape == (6, avatar.n_points, 3)
+    assert torch.equal(posed.means, first.means)
+    out = avatar.render(avatar.view_cameras([0.0, 30.0], size=48), seq.head)
+    assert out.rgb.shape == (6, 2, 3, 48, 48) and out.alpha.shape == (6, 2, 1, 48, 48)
+    assert 0 <= float(out.rgb.min()) and float(out.rgb.max()) <= 1 and float(out.alpha.max()) > 0
+    # the rest pose is the canonical cloud itself (LBS with identity transforms)
+    rest = avatar.animate(avatar.neutral(1))
+    torch.testing.assert_close(rest.means, avatar.cloud.means, atol=1e-6, rtol=0)
+    # the jaw moves the avatar: some splats move, and only by plausible amounts
+    moved = (posed.means - rest.means).norm(dim=-1)
+    assert float(moved.max()) < 0.1
+
+
+def test_save_load_round_trip(tmp_path, avatar):
+    avatar.save(tmp_path / "avatar")
+    back = Avatar.load(tmp_path / "avatar")
+    seq = builtin_motion("nod", avatar.head_model, frames=4)
+    torch.testing.assert_close(back.animate(seq.head).means, avatar.animate(seq.head).means, atol=0, rtol=0)
+    assert torch.equal(back.binding, avatar.binding) and back.animation == avatar.animation
+    torch.testing.assert_close(back.portrait, avatar.portrait, atol=1 / 255, rtol=0)
+    assert back.meta["seed"] == 0
+    moved = back.to("cpu")
+    torch.testing.assert_close(moved.animate(seq.head).means, back.animate(seq.head).means, atol=0, rtol=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="avatar.json is missing"):
+        Avatar.load(tmp_path / "empty")
+
+
+def test_world_ply_means_equal_the_neutral_pose(tmp_path, avatar):
+    rest = avatar.animate(avatar.neutral(1))
+    path = write_splat_ply(tmp_path / "avatar_world.ply", rest)
+    splats = read_splat_ply(path)
+    torch.testing.assert_close(torch.from_numpy(splats.xyz), rest.means[0], atol=0, rtol=0)
+
+
+def test_gaussian_avatars_export_of_the_avatar(tmp_path, avatar):
+    head = avatar.head_model
+    splats = to_gaussian_avatars(avatar.cloud, avatar.binding, head, avatar.shape)
+    path = write_gaussian_avatars_ply(tmp_path / "point_cloud.ply", splats)
+    back, binding = from_gaussian_avatars(read_gaussian_avatars_ply(path), head, avatar.shape)
+    assert torch.equal(binding[0], avatar.binding)
+    torch.testing.assert_close(back.means, avatar.cloud.means, atol=2e-6, rtol=0)
+
+
+def test_checkpoint_checks(tmp_path, checkpoints):
+    ckpt = torch.load(checkpoints.generator, map_location="cpu", weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("net.") and ckpt["state_dict"][k].is_floating_point())
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1.0
+    other = tmp_path / "other_generator.ckpt"
+    torch.save(ckpt, other)
+    with pytest.raises(ValueError, match="not the one decoder checkpoint"):
+        AvatarPipeline.from_checkpoints(other, checkpoints.decoder, device="cpu")
+    with pytest.raises(FileNotFoundError, match="no such decoder checkpoint"):
+        AvatarPipeline.from_checkpoints(None, tmp_path / "missing.ckpt", device="cpu")
+    with pytest.raises(ValueError):
+        AvatarPipeline.from_checkpoints(None, checkpoints.generator, device="cpu")
+    # moving the FLAME/head file keeps the trained head config otherwise (here: the built-in head, no file)
+    from avp.pipeline import _trained_head_config
+
+    cfg = _trained_head_config(checkpoints.decoder, "/elsewhere/flame2023.pkl")
+    assert cfg.flame_path == "/elsewhere/flame2023.pkl" and cfg.n_shape is None
+    assert Path(checkpoints.decoder).is_file()
