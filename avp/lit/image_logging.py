@@ -1,0 +1,89 @@
+"""TensorBoard image grids of the decoder stage: per view a row ``target | render | error``.
+
+The module keeps the panels of its latest step in ``pl_module.last_visuals[stage]`` (``[V, 3 panels, 3, H, W]``,
+the first sample's first frame: target, render, per-pixel mean absolute error in grey);
+:class:`DecoderImageLogger` turns them into one grid image, logs it as ``train/images`` every
+``every_n_steps`` training steps and as ``val/images`` after each validation epoch, and optionally writes the same
+grid as a PNG under ``<log_dir>/images/`` (atomically) so it can be looked at without TensorBoard::
+
+    trainer:
+      callbacks:
+        - class_path: avp.lit.image_logging.DecoderImageLogger
+          init_args: {every_n_steps: 100}
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from avp.atomic import atomic_write_bytes
+
+
+def visual_grid(panels: Tensor, padding: int = 2) -> Tensor:
+    """``panels [V, P, 3, H, W]`` -> one image ``[3, H', W']``: a row per view, the ``P`` panels side by side."""
+    if panels.ndim != 5 or panels.shape[2] != 3:
+        raise ValueError(f"visual_grid: panels must be [V, P, 3, H, W], got {tuple(panels.shape)}")
+    V, P = panels.shape[:2]
+    return make_grid(panels.flatten(0, 1).float().clamp(0, 1), nrow=P, padding=padding, pad_value=1.0)
+
+
+def png_bytes(image: Tensor) -> bytes:
+    """``image [3, H, W]`` in 0..1 -> PNG bytes."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class DecoderImageLogger(Callback):
+    """Logs ``target | render | error`` grids of the decoder stage to TensorBoard (and PNG files).
+
+    Args:
+        every_n_steps: training grids every this many optimiser steps (0: none); validation grids every epoch.
+        save_png: also write ``<log_dir>/images/{train,val}_step<step>.png``.
+    """
+
+    def __init__(self, every_n_steps: int = 200, save_png: bool = True) -> None:
+        super().__init__()
+        if every_n_steps < 0:
+            raise ValueError(f"DecoderImageLogger: every_n_steps must be >= 0, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.save_png = save_png
+        self.written: list[Path] = []
+        """PNG files written so far (this process)."""
+        self._last_train_step = -1
+
+    def _emit(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        panels = getattr(pl_module, "last_visuals", {}).get(stage)
+        if panels is None or not trainer.is_global_zero:
+            return
+        grid = visual_grid(panels)
+        step = int(trainer.global_step)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image(f"{stage}/images", grid, global_step=step)
+        if self.save_png:
+            root = trainer.log_dir or trainer.default_root_dir
+            path = Path(root) / "images" / f"{stage}_step{step:07d}.png"
+            atomic_write_bytes(path, png_bytes(grid))
+            self.written.append(path)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = int(trainer.global_step)  # already advanced past this batch's optimiser step
+        if self.every_n_steps and step != self._last_train_step and (step == 1 or step % self.every_n_steps == 0):
+            self._last_train_step = step  # once per optimiser step, also with gradient accumulation
+            self._emit(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._emit(trainer, pl_module, "val")
