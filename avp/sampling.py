@@ -127,9 +127,10 @@ def teacher_forced(model: torch.nn.Module, condition: Tensor, tokens: Tensor, wi
     """
     logits, hidden = [], []
     for start, first, last in context_windows(tokens.shape[1], window, keep):
-        out = model(tokens[:, start : last + 1], condition, torch.arange(start, last + 1, device=tokens.device))
+        out = model(tokens[:, start : last + 1], condition, torch.arange(start, last + 1, device=tokens.device),
+                    return_logits=keep_logits)
         hidden.append(out.hidden[:, first - start :])
-        logits.append(out.logits[:, first - start :] if keep_logits else out.logits[:, first - start :, :0])
+        logits.append(out.logits[:, first - start :])
     return GeneratorOutput(logits=torch.cat(logits, dim=1), hidden=torch.cat(hidden, dim=1))
 
 

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avp.activation import activate
 from avp.types import HEAD_PARAM_FIELDS, GaussianCloud
 
 SCHEMA_VERSION = 1
@@ -499,22 +500,6 @@ def check_sample(sample: ClipSample, *, shard: str | None = None, full: bool = F
 
 
 # ------------------------------------------------------------------------------------------------ to torch
-
-def activate(means: torch.Tensor, log_scales: torch.Tensor, opacity_logits: torch.Tensor, quats: torch.Tensor,
-             sh: torch.Tensor, mask: torch.Tensor | None = None) -> GaussianCloud:
-    """Raw teacher attributes ``[B, N, ...]`` -> activated :class:`GaussianCloud` (the only activation site).
-
-    ``scales = exp(log_scales)``, ``opacities = sigmoid(opacity_logits)``, quaternions normalised.
-    """
-    return GaussianCloud(
-        means=means,
-        quats=torch.nn.functional.normalize(quats, dim=-1),
-        scales=torch.exp(log_scales),
-        opacities=torch.sigmoid(opacity_logits),
-        sh=sh,
-        mask=mask,
-    )
-
 
 def teacher_cloud(g: TeacherGaussians) -> GaussianCloud:
     """One teacher fit as an activated ``GaussianCloud`` with ``B = 1``."""

@@ -304,6 +304,9 @@ class DecoderModule(LightningModule):
         self._lpips: list[nn.Module] = []  # outside the module tree: never in checkpoints
         self.val_psnr, self.val_ssim = PSNR(), SSIM()
         self.val_lpips = LPIPS(lpips_net, lpips_weights_path)
+        self.test_psnr, self.test_ssim = PSNR(), SSIM()
+        self.test_psnr_masked, self.test_ssim_masked = PSNR(masked=True), SSIM(masked=True)
+        self.test_lpips = LPIPS(lpips_net, lpips_weights_path)
         self.last_visuals: dict[str, Tensor] = {}
         """``{"train": [V, 3, 3, H, W], "val": …}``: target, render, error of the first sample's first frame of the
         latest step (for :class:`avp.lit.image_logging.DecoderImageLogger`)."""
@@ -575,27 +578,56 @@ class DecoderModule(LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.last_visuals.pop("val", None)
 
-    def validation_step(self, batch: AvatarBatch, batch_idx: int) -> None:
+    def _stage_metrics(self, stage: str) -> dict[str, nn.Module]:
+        names = ("psnr", "ssim", "lpips") + (("psnr_masked", "ssim_masked") if stage == "test" else ())
+        return {name: getattr(self, f"{stage}_{name}") for name in names}
+
+    def _evaluation_step(self, stage: str, batch: AvatarBatch, batch_idx: int) -> None:
+        """Validation and test: ``eval_points`` (``generated`` = the full pipeline, sampled with a per-batch seed)."""
         generator = None
         if self.eval_points_source == "generated":
             generator = torch.Generator(device=batch.portrait.device).manual_seed(self.hparams.seed + batch_idx)
         terms, rgb, target, avatar = self.loss_step(batch, self.eval_points_source, generator)
         B = batch.batch_size
-        self._log_terms("val", terms, B)
+        self._log_terms(stage, terms, B)
         pred, tgt = rgb.flatten(0, 2).float().clamp(0, 1), target.flatten(0, 2).float()
-        self.val_psnr.update(pred, tgt)
-        self.val_ssim.update(pred, tgt)
-        self.val_lpips.update(pred, tgt)
-        if "val" not in self.last_visuals:
-            self._keep_visuals("val", rgb, target)
+        for name, metric in self._stage_metrics(stage).items():
+            if name.endswith("_masked"):
+                if batch.masks is not None:
+                    metric.update(pred, tgt, batch.masks.flatten(0, 2).to(pred))
+            else:
+                metric.update(pred, tgt)
+        if stage == "test":
+            self.log("test/points", avatar.n_points.float().mean(), batch_size=B)
+        if stage not in self.last_visuals:
+            self._keep_visuals(stage, rgb, target)
 
-    def on_validation_epoch_end(self) -> None:
-        for name, metric in (("psnr", self.val_psnr), ("ssim", self.val_ssim), ("lpips", self.val_lpips)):
+    def _evaluation_epoch_end(self, stage: str) -> None:
+        for name, metric in self._stage_metrics(stage).items():
+            if metric.update_count == 0:
+                continue  # e.g. masked metrics on shards without masks
             value = metric.compute()
             metric.reset()
             if isinstance(value, Unavailable):
                 continue  # e.g. LPIPS without pretrained weights: no number at all
-            self.log(f"val/{name}", value, sync_dist=False)
+            self.log(f"{stage}/{name}", value, sync_dist=False)
+
+    def validation_step(self, batch: AvatarBatch, batch_idx: int) -> None:
+        self._evaluation_step("val", batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.last_visuals.pop("test", None)
+
+    def test_step(self, batch: AvatarBatch, batch_idx: int) -> None:
+        """``avp test``: the loss terms and image metrics on the DataModule's test split (frames and views drawn per
+        clip); the versioned evaluation protocol with identity/landmark metrics is ``avp eval``."""
+        self._evaluation_step("test", batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test")
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

@@ -118,7 +118,7 @@ class GeneratorModule(LightningModule):
         self.train_window = int(train_window)
         self.val_sampling = dataclasses.replace(sampling_cfg, window=self.train_window)
         self.val_sampling.validate()
-        # ``_class_path`` lets LightningCLI rebuild the module from ``--ckpt_path`` alone (load_from_checkpoint drops it)
+        # ``_class_path``: LightningCLI rebuilds the module from ``--ckpt_path`` alone (load_from_checkpoint drops it)
         self.save_hyperparameters({
             "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "head": dataclasses.asdict(head_cfg), "tokenizer": dataclasses.asdict(tok_cfg),

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from avp.activation import activate
 from avp.render.sh import rgb_to_sh0
 from avp.types import GaussianCloud, TensorContainer
 
@@ -73,29 +74,6 @@ class RawSplats(TensorContainer):
     """``[B, N]`` logits of opacity."""
     colour: Tensor
     """``[B, N, K, 3]``: row 0 are logits of the RGB base colour, rows 1.. linear SH coefficients."""
-
-
-def activate(means: Tensor, log_scales: Tensor, opacity_logits: Tensor, quats: Tensor, sh: Tensor,
-             mask: Tensor | None = None, *, min_scale: float | None = None,
-             max_scale: float | None = None) -> GaussianCloud:
-    """Raw attributes ``[B, N, ...]`` -> activated :class:`GaussianCloud`.
-
-    ``scales = exp(log_scales)`` (clamped to ``[min_scale, max_scale]`` metres where given: the clamp happens on the
-    log scale, so gradients stop only beyond a bound), ``opacities = sigmoid(opacity_logits)``, quaternions
-    normalised (wxyz); ``means``, ``sh`` and ``mask`` pass through.
-    """
-    lo = math.log(min_scale) if min_scale is not None else None
-    hi = math.log(max_scale) if max_scale is not None else None
-    if lo is not None or hi is not None:
-        log_scales = log_scales.clamp(min=lo, max=hi)
-    return GaussianCloud(
-        means=means,
-        quats=torch.nn.functional.normalize(quats, dim=-1),
-        scales=torch.exp(log_scales),
-        opacities=torch.sigmoid(opacity_logits),
-        sh=sh,
-        mask=mask,
-    )
 
 
 def bounded_offset(raw: Tensor, max_offset: float) -> Tensor:

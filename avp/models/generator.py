@@ -131,7 +131,8 @@ class PointGenerator(nn.Module):
             block.cross.clear()
 
     # -------------------------------------------------------------------------------------------------- forward
-    def forward(self, tokens: Tensor, condition: Tensor, input_pos: Tensor | None = None) -> GeneratorOutput:
+    def forward(self, tokens: Tensor, condition: Tensor, input_pos: Tensor | None = None,
+                return_logits: bool = True) -> GeneratorOutput:
         """Next-token logits and hidden states.
 
         Args:
@@ -142,6 +143,8 @@ class PointGenerator(nn.Module):
                 the cache's own count is trusted, so decoding never waits for the device); without a cache ``[T]``
                 or ``[B, T]`` (per-sample training windows), default ``0 .. T-1``. Attention is causal within
                 ``tokens`` (plus the cached prefix).
+            return_logits: False skips the output head (``logits`` is ``[B, T, 0]``): feature extraction for the
+                decoder needs only the hidden states, and the vocabulary-wide head dominates a small model's cost.
         """
         if tokens.ndim != 2:
             raise ValueError(f"PointGenerator: tokens must be [B, T], got {tuple(tokens.shape)}")
@@ -176,7 +179,8 @@ class PointGenerator(nn.Module):
             else:
                 x = block(x, condition, cos, sin, slot)
         hidden = self.norm(x)
-        return GeneratorOutput(logits=self.head(hidden), hidden=hidden)
+        logits = self.head(hidden) if return_logits else hidden.new_empty(B, T, 0)
+        return GeneratorOutput(logits=logits, hidden=hidden)
 
     def point_features(self, hidden: Tensor, n_points: int | Tensor) -> Tensor:
         """``hidden [B, L, D]`` -> ``[B, N, 4, D]``; see :func:`point_features`."""

@@ -235,6 +235,27 @@ def test_fit_logs_every_loss_term_and_images(generator_ckpt: Path, shards: Path,
     assert grid.width > 3 * 64 and grid.height > 2 * 64  # target | render | error, one row per view
 
 
+def test_test_loop_logs_image_metrics_masked_and_unmasked(generator_ckpt: Path, shards: Path) -> None:
+    """``avp test`` runs the decoder's test_step: masked and unmasked PSNR/SSIM agree with a direct computation."""
+    from avp.eval.image_metrics import psnr
+
+    module = _module(generator_ckpt, points="teacher")
+    dm = AvatarDataModule(str(shards), batch_size=1, num_workers=0, frames_per_sample=1, views_per_sample=2,
+                          test_split="train")
+    trainer = _trainer(limit_test_batches=1)
+    trainer.test(module, dm)
+    logged = trainer.callback_metrics
+    for key in ("test/loss", "test/psnr", "test/ssim", "test/psnr_masked", "test/ssim_masked", "test/points"):
+        assert key in logged, f"{key} not logged ({sorted(logged)})"
+    assert "test/lpips" not in logged
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    _, rgb, target, _ = module.loss_step(batch, "teacher")
+    expected = psnr(rgb.flatten(0, 2).clamp(0, 1), target.flatten(0, 2)).mean()
+    assert float(logged["test/psnr"]) == pytest.approx(float(expected), abs=1e-4)
+    assert float(logged["test/psnr_masked"]) != pytest.approx(float(logged["test/psnr"]), abs=1e-3)
+
+
 def test_overfits_one_synthetic_subject(generator_ckpt: Path, shards: Path) -> None:
     """Training views of one subject (2 views, 64x64): PSNR >= 28 dB from the decoder alone, on the CPU."""
     torch.manual_seed(0)
