@@ -396,8 +396,6 @@ class AvatarPipeline:
         """
         from tqdm import tqdm
 
-        from avp.lit.decoder import PointInputs
-
         portrait = image if isinstance(image, Portrait) else self.preprocess(image, progress=progress,
                                                                              **preprocess_kwargs)
         m = self.module
@@ -409,27 +407,15 @@ class AvatarPipeline:
         sampling = dataclasses.replace(m.sampling, **overrides, window=m.feature_window)
         sampling.validate()
         with torch.no_grad():
-            if points == "generated":
-                condition = m.encode_condition(pimg, phead)
-                bar = tqdm(total=4 * sampling.max_points + 1, desc="sampling points", unit="tok",
-                           disable=not progress)
-                try:
-                    out = m.generator.sample(condition, sampling, generator,
-                                             on_step=lambda pos, last: bar.update(pos + 1 - bar.n))
-                finally:
-                    bar.close()
-                if int(out.n_points.min()) < 1:
-                    raise ValueError("reconstruct: the generator emitted no point (EOS at once); raise "
-                                     "sampling min_points or check the checkpoints")
-                pts = out.points.float()
-                shape = phead.shape.to(pts.dtype)
-                inputs = PointInputs(points=pts, binding=out.binding, mask=out.mask, n_points=out.n_points,
-                                     features=out.point_hidden, condition=condition, finished=out.finished,
-                                     rig=self.head_model.rig(out.binding, pts, shape))
-            elif points == "template":
-                inputs = m.prepare(pimg, phead, points="template")
-            else:
+            if points not in ("generated", "template"):
                 raise ValueError(f"reconstruct: points must be 'generated' or 'template', got {points!r}")
+            bar = tqdm(total=4 * sampling.max_points + 1, desc="sampling points", unit="tok",
+                       disable=not progress or points != "generated")
+            try:
+                inputs = m.prepare(pimg, phead, points=points, sampling=sampling, generator=generator,
+                                   on_step=lambda pos, last: bar.update(pos + 1 - bar.n))
+            finally:
+                bar.close()
             _, decoded = m.decode_prepared(inputs)
         n = int(decoded.n_points[0])
         keep = lambda t: t[:, :n]

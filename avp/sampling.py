@@ -52,6 +52,11 @@ class SamplingConfig:
     """Tokens kept when the context slides (0: half the window); a smaller value slides less often."""
     use_kv_cache: bool = True
     """Decode with the KV cache (False recomputes every context in full: the benchmark baseline)."""
+    bind_nearest: int = 0
+    """Restrict each point's face token to the ``k`` faces whose centres (on the subject's canonical mesh) are
+    nearest to the point just sampled (0: any face, the paper's setting). An extension of ours: it keeps a point from
+    being bound to a far-away triangle, which would make it fly off under animation, when the model has seen too few
+    examples to learn the binding (toy-scale training); needs the face centres at sampling time."""
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -65,6 +70,8 @@ class SamplingConfig:
             raise ValueError(f"sampling: window must be at least 8 tokens (two points), got {self.window}")
         if self.keep and not 4 <= self.keep < self.window:
             raise ValueError(f"sampling: keep must be in [4, window) or 0, got {self.keep}")
+        if self.bind_nearest < 0:
+            raise ValueError(f"sampling: bind_nearest must be >= 0, got {self.bind_nearest}")
 
 
 @dataclass
@@ -185,6 +192,17 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 
 
 @torch.no_grad()
+def _restrict_to_nearest_faces(allowed: Tensor, point: Tensor, face_centers: Tensor, k: int, offset: int) -> Tensor:
+    """``allowed [B, V]`` narrowed at the face tokens (``offset + face``) to the ``k`` faces nearest to ``point
+    [B, 3]``; a row whose order constraint leaves none of them allowed keeps its unrestricted set."""
+    k = min(k, face_centers.shape[1])
+    nearest = torch.cdist(point[:, None].to(face_centers.dtype), face_centers)[:, 0].topk(k, largest=False).indices
+    near = torch.zeros_like(allowed)
+    near.scatter_(1, nearest + offset, True)
+    narrowed = allowed & near
+    return torch.where(narrowed.any(-1, keepdim=True), narrowed, allowed)
+
+
 def sample(
     model: torch.nn.Module,
     condition: Tensor,
@@ -192,6 +210,7 @@ def sample(
     config: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    face_centers: Tensor | None = None,
 ) -> SampleOutput:
     """Sample one cloud per condition.
 
@@ -202,12 +221,18 @@ def sample(
         config: :class:`SamplingConfig` (default: temperature 1, all masks, 10,000 points at most).
         generator: RNG for the token draws, on the condition's device (None: the global one).
         on_step: called as ``on_step(position, max_position)`` after every step (progress bars).
+        face_centers: ``[B, F, 3]`` centres of the head model's faces on each subject's canonical mesh; required
+            when ``config.bind_nearest > 0``.
     """
     config = config or SamplingConfig()
     config.validate()
     B = condition.shape[0]
     device = condition.device
     L, F = tokenizer.levels, tokenizer.n_faces
+    if config.bind_nearest > 0 and (face_centers is None or face_centers.shape != (B, F, 3)):
+        got = None if face_centers is None else tuple(face_centers.shape)
+        raise ValueError(f"sampling: bind_nearest={config.bind_nearest} needs face_centers [B, F, 3] = [{B}, {F}, 3], "
+                         f"got {got}")
     enforce = config.enforce_order and tokenizer.sorted
     priority = tokenizer.priority if enforce else (0, 1, 2, 3)
     maxima = (L - 1, L - 1, L - 1, F - 1)
@@ -258,6 +283,9 @@ def sample(
             else:
                 lo, hi = thr, torch.full_like(thr, L)
             allowed = (vocab >= lo[:, None]) & (vocab < hi[:, None])  # [B, V]
+            if role == 3 and config.bind_nearest > 0:
+                allowed = _restrict_to_nearest_faces(allowed, tokenizer.dequantize(cur[:, :3]), face_centers,
+                                                     config.bind_nearest, L)
             if role == 0:
                 no_next_point = thr > maxima[0]
                 allowed[:, tokenizer.eos_id] = (n_points >= config.min_points) | no_next_point

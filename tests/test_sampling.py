@@ -212,3 +212,33 @@ def test_bad_configs_are_refused() -> None:
                     ({"keep": 100, "window": 50}, "keep")]:
         with pytest.raises(ValueError, match=msg):
             sample(model, cond, tok, SamplingConfig(**kw))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(k=st.integers(1, 6), enforce=st.booleans(), seed=st.integers(0, 2**16))
+def test_bind_nearest_binds_every_point_to_one_of_its_k_nearest_faces(k, enforce, seed) -> None:
+    tok = PointTokenizer(BOUNDS, n_faces=12, levels=6)
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.rand(2, 12, 3, generator=gen) * 2 - 1  # [B, F, 3]
+    model = RandomLogits(tok.vocab_size, tok.eos_id, -20.0, seed)
+    config = SamplingConfig(max_points=15, min_points=15, enforce_order=enforce, bind_nearest=k)
+    out = sample(model, torch.zeros(2, 2, 3), tok, config, gen, face_centers=centers)
+    check_valid(out, tok, config, enforce)
+    prev = None
+    for b in range(2):
+        for i in range(int(out.n_points[b])):
+            nearest = torch.cdist(out.points[b, i][None], centers[b]).topk(k, largest=False).indices[0]
+            same_xyz = prev is not None and torch.equal(out.points[b, i], prev)
+            # the only exception: the order forbids every near face (a point tied with its predecessor's xyz)
+            assert int(out.binding[b, i]) in nearest.tolist() or (enforce and same_xyz)
+            prev = out.points[b, i]
+        prev = None
+
+
+def test_bind_nearest_needs_face_centers() -> None:
+    tok = PointTokenizer(BOUNDS, n_faces=4, levels=4)
+    model = RandomLogits(tok.vocab_size, tok.eos_id, 0.0, 0)
+    with pytest.raises(ValueError, match="bind_nearest=2 needs face_centers"):
+        sample(model, torch.zeros(1, 2, 3), tok, SamplingConfig(bind_nearest=2))
+    with pytest.raises(ValueError, match="bind_nearest must be >= 0"):
+        SamplingConfig(bind_nearest=-1).validate()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -412,7 +413,8 @@ class DecoderModule(LightningModule):
     def prepare(self, portrait: Tensor, portrait_head: HeadParams, *, points: PointSource = "generated",
                 teacher_means: Tensor | None = None, teacher_binding: Tensor | None = None,
                 teacher_mask: Tensor | None = None, shape: Tensor | None = None,
-                sampling: SamplingConfig | None = None, generator: torch.Generator | None = None) -> PointInputs:
+                sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
+                on_step: Callable[[int, int], None] | None = None) -> PointInputs:
         """Everything the decoder consumes, from the frozen parts (no gradients): points, their hidden states, the
         condition tokens and the rig.
 
@@ -423,6 +425,7 @@ class DecoderModule(LightningModule):
             shape: ``[B, S]`` the subject's identity for the rig and template points (default: the portrait's).
             sampling: overrides of :attr:`sampling` for ``generated`` (its window is the feature window).
             generator: RNG of the sampling (on the portrait's device).
+            on_step: progress of the sampling, ``on_step(position, max_position)`` (see :func:`avp.sampling.sample`).
         """
         if points not in POINT_SOURCES:
             raise ValueError(f"DecoderModule: points must be one of {POINT_SOURCES}, got {points!r}")
@@ -432,7 +435,7 @@ class DecoderModule(LightningModule):
         finished = torch.ones(B, dtype=torch.bool, device=portrait.device)
         if points == "generated":
             cfg = self.sampling if sampling is None else dataclasses.replace(sampling, window=self.feature_window)
-            out = self.generator.sample(condition, cfg, generator)
+            out = self.generator.sample(condition, cfg, generator, on_step, shape=shape)
             pts, bind, mask, n_points = out.points, out.binding, out.mask, out.n_points
             features, finished = out.point_hidden, out.finished
         else:

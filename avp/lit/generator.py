@@ -210,7 +210,7 @@ class GeneratorModule(LightningModule):
 
     def _sample_and_score(self, batch: AvatarBatch, condition: Tensor, k: int, batch_idx: int) -> None:
         generator = torch.Generator(device=condition.device).manual_seed(self.hparams.seed + batch_idx)
-        out = self.net.sample(condition, self.val_sampling, generator)
+        out = self.net.sample(condition, self.val_sampling, generator, shape=batch.portrait_head.shape[:k])
         teacher = batch.teacher
         mask = teacher.valid_mask()[:k]
         metrics = batch_point_cloud_metrics(out.points, out.binding, out.mask, teacher.means[:k], batch.binding[:k],

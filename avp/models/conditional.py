@@ -75,8 +75,20 @@ class ConditionalPointGenerator(nn.Module):
         out = self.teacher_forced(condition, tokens, window, keep, keep_logits=False)
         return point_features(out.hidden, (lengths - 2) // 4)
 
+    def face_centers(self, shape: Tensor) -> Tensor:
+        """``shape [B, S]`` -> centres ``[B, F, 3]`` of the head model's faces on each canonical (neutral) mesh."""
+        head = self._head_on(shape.device)
+        vertices = head.canonical(shape)  # [B, V, 3]
+        return vertices[:, head.faces].mean(-2)  # [B, F, 3]
+
     def sample(self, condition: Tensor, config: SamplingConfig | None = None,
                generator: torch.Generator | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> SampleOutput:
-        """Sample one cloud per condition (see :func:`avp.sampling.sample`)."""
-        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step)
+               on_step: Callable[[int, int], None] | None = None, shape: Tensor | None = None) -> SampleOutput:
+        """Sample one cloud per condition (see :func:`avp.sampling.sample`); ``shape [B, S]`` is the subjects'
+        identity, needed when ``config.bind_nearest > 0``."""
+        centers = None
+        if config is not None and config.bind_nearest > 0:
+            if shape is None:
+                raise ValueError("sample: sampling.bind_nearest > 0 needs the subjects' shape")
+            centers = self.face_centers(shape.to(condition.device, torch.float32))
+        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers)
