@@ -69,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
                         "for FLAME")
     p.add_argument("--flame", default=None, help="FLAME pickle replacing the path stored in the checkpoints")
     p.add_argument("--fit-steps", type=int, default=300, help="Adam steps of the portrait head fit")
+    p.add_argument("--portrait-head", default=None,
+                   help="npz with the portrait's head parameters (our layout, e.g. a synthetic shard's or another "
+                        "tracker's): skips face detection and the landmark fit; the photo must be framed like the "
+                        "training portraits")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from avp.atomic import atomic_write_json
-    from avp.driving import VIDEO_SUFFIXES, load_driving, save_driving_npz
+    from avp.driving import VIDEO_SUFFIXES, load_driving, load_driving_npz, save_driving_npz
     from avp.export.ply import (
         to_gaussian_avatars,
         write_flame_param_npz,
@@ -136,13 +140,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _say(f"loaded checkpoints on {pipe.device}: head model {pipe.head_model.name}")
 
     t0 = time.perf_counter()
+    given = None
+    if args.portrait_head is not None:
+        given = load_driving_npz(args.portrait_head, pipe.head_model).head.map(lambda t: t[:1])
     portrait = pipe.preprocess(args.image, choose="largest" if args.choose_largest else None,
                                background=args.background, fit_config=FitConfig(steps=args.fit_steps),
-                               progress=progress)
+                               progress=progress, head=given)
     timings["preprocess_s"] = time.perf_counter() - t0
     fit = portrait.report()
-    _say(f"face found; head fit residual {fit['fit_crop_px']['rms_px']:.2f} px RMS in the {portrait.image.shape[-1]}px "
-         f"crop ({fit['fit_original_px']['rms_px']:.2f} px in the photo)")
+    if given is not None:
+        _say(f"head parameters given by {args.portrait_head}: no detection or landmark fit")
+    else:
+        _say(f"face found; head fit residual {fit['fit_crop_px']['rms_px']:.2f} px RMS in the "
+             f"{portrait.image.shape[-1]}px crop ({fit['fit_original_px']['rms_px']:.2f} px in the photo)")
     from PIL import Image
 
     from avp.atomic import atomic_open

@@ -22,6 +22,7 @@ LIGHTNING_VERBS = {
 
 # verb -> (module exposing ``main(argv) -> int``, one-line description)
 TOOLS: dict[str, tuple[str, str]] = {
+    "demo": ("avp.demo", "the whole pipeline at toy scale: data, both stages, evaluation, avatars (make demo)"),
     "bench": ("avp.bench", "benchmarks that print JSON (avp bench --list)"),
     "data": ("avp.data.cli", "build and check shard datasets: synth, convert, preview, validate, index"),
     "sweep": ("avp.sweep.cli", "run an ablation sweep (variants x seeds) locally or on SLURM"),

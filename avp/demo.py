@@ -53,9 +53,14 @@ class DemoData:
 
 @dataclass
 class DemoStage:
-    """One ``avp fit``: configs applied left to right, then ``delta`` (LightningCLI keys)."""
+    """One ``avp fit``: configs applied left to right, then ``delta`` (LightningCLI keys), then the sizes below."""
 
     configs: list[str] = field(default_factory=list)
+    max_steps: int = 100
+    """Optimiser steps (the knob to turn with more time)."""
+    batch_size: int = 2
+    samples_per_epoch: int = 200
+    """Samples per epoch (validation and checkpoints happen at epoch ends)."""
     delta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -190,15 +195,19 @@ class Demo:
 
     def stage_delta(self, stage: str) -> Path:
         """The demo's delta for ``stage`` merged with where it writes (data root, logger, generator checkpoint)."""
-        delta = _deep_merge({
+        spec: DemoStage = getattr(self.config, stage)
+        delta = _deep_merge(_deep_merge({
             "data": {"init_args": {"root": str(self.data_root)}},
             "trainer": {"enable_progress_bar": True,
                         "logger": {"init_args": {"save_dir": str(self.out / "runs"), "name": stage, "version": 0}}},
-        }, getattr(self.config, stage).delta)
+        }, spec.delta), {
+            "trainer": {"max_steps": spec.max_steps},
+            "data": {"init_args": {"batch_size": spec.batch_size, "samples_per_epoch": spec.samples_per_epoch}},
+        })
         if stage != "generator":
             delta = _deep_merge(delta, {"model": {"init_args": {"generator_ckpt": str(self.checkpoint("generator"))}}})
         path = self.out / "configs" / f"{stage}.yaml"
-        header = f"# written by avp demo: the {stage} stage's delta on top of {getattr(self.config, stage).configs}\n"
+        header = f"# written by avp demo: the {stage} stage's delta on top of {spec.configs}\n"
         atomic_write_text(path, header + yaml.safe_dump(delta, sort_keys=False))
         return path
 
@@ -230,6 +239,8 @@ class Demo:
 
         from avp.data.reader import iter_raw_samples, resolve_shards
         from avp.data.schema import decode_sample
+        from avp.driving import save_driving_npz
+        from avp.types import HeadParams
 
         folder = self.out / "portraits"
         folder.mkdir(parents=True, exist_ok=True)
@@ -238,6 +249,8 @@ class Demo:
         sample = decode_sample(raw, shard=shards[0].name, decode_frames=False)
         synthetic = folder / f"{sample.meta['subject']}.png"
         Image.fromarray(np.ascontiguousarray(sample.portrait)).save(synthetic)
+        head = HeadParams.from_dict({k: np.asarray(v)[None] for k, v in sample.portrait_head.items()})
+        save_driving_npz(folder / f"{sample.meta['subject']}_head.npz", head, fps=25.0)
         photo = self.config.avatarize.photo
         if photo == "astronaut":
             from skimage import data
@@ -250,11 +263,18 @@ class Demo:
                 raise FileNotFoundError(f"avp demo: avatarize.photo {photo!r} is not a file")
         return {"synthetic": synthetic, "photo": real}
 
+    def portrait_head(self, image: Path) -> Path | None:
+        """The known head parameters written beside a synthetic portrait (None for photos)."""
+        path = image.with_name(f"{image.stem}_head.npz")
+        return path if path.is_file() else None
+
     def avatarize(self) -> None:
         a = self.config.avatarize
         for name, image in self.portraits().items():
+            head = self.portrait_head(image)
+            given = ["--portrait-head", str(head)] if head is not None else []
             self._run(f"6/6 avatarize the {name} portrait ({image.name})", [
-                "avatarize", "--image", str(image), "--out", str(self.out / "avatars" / name),
+                "avatarize", *given, "--image", str(image), "--out", str(self.out / "avatars" / name),
                 "--decoder", str(self.checkpoint("decoder")), "--generator", str(self.checkpoint("generator")),
                 "--drive", a.motion, "--frames", str(a.frames), "--orbit-frames", str(a.orbit_frames),
                 "--size", str(a.size), "--fit-steps", str(a.fit_steps), "--seed", "0"])

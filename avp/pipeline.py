@@ -33,7 +33,7 @@ from torch import Tensor
 from avp.atomic import atomic_open, atomic_write_json
 from avp.data.synthetic.cameras import FRAME_HEIGHT_M, TARGET
 from avp.head import HeadConfig, PointRig, animate_gaussians, load_head_model
-from avp.portrait.preprocess import Portrait, PortraitFraming, preprocess_portrait
+from avp.portrait.preprocess import Portrait, PortraitFraming, portrait_from_parameters, preprocess_portrait
 from avp.render import look_at, render
 from avp.render.cameras import intrinsics
 from avp.types import HEAD_PARAM_FIELDS, Cameras, GaussianCloud, HeadParams, RenderOutput
@@ -363,9 +363,13 @@ class AvatarPipeline:
     # ------------------------------------------------------------------------------------------ steps
     def preprocess(self, image: Any, *, choose: Literal["largest"] | None = None,
                    background: Literal["keep", "grabcut"] = "keep", fit_config: Any = None,
-                   what: str | None = None, progress: bool = True) -> Portrait:
-        """Detect, align and fit a photo (see :func:`avp.portrait.preprocess.preprocess_portrait`)."""
+                   what: str | None = None, progress: bool = True, head: HeadParams | None = None) -> Portrait:
+        """Detect, align and fit a photo (see :func:`avp.portrait.preprocess.preprocess_portrait`); with ``head``
+        (the portrait's known head parameters) the photo is taken as framed and neither detected nor fitted."""
         from tqdm import tqdm
+
+        if head is not None:
+            return portrait_from_parameters(image, head, self.framing)
 
         bar = tqdm(desc="portrait head fit", unit="step", disable=not progress)
 
@@ -427,7 +431,8 @@ class AvatarPipeline:
         meta = {
             "seed": int(seed), "points": points, "sampling": dataclasses.asdict(sampling),
             "finished": bool(decoded.finished[0]), "n_points": n, "checkpoints": self.checkpoints,
-            "device": str(self.device), "source": portrait.source, "fit": portrait.fit.report(), "git": git_sha(),
+            "device": str(self.device), "source": portrait.source,
+            "fit": portrait.fit.report() if portrait.fit is not None else None, "git": git_sha(),
         }
         return Avatar(cloud=cloud, binding=decoded.binding[0, :n].long(), points=decoded.points[0, :n].float(),
                       shape=phead.shape[0].float(), portrait_head=phead, head_config=self.head_config,

@@ -12,7 +12,13 @@ from avp.portrait.landmarks_embedding import (
     landmark_embedding,
     load_landmark_embedding,
 )
-from avp.portrait.preprocess import Portrait, PortraitFraming, load_image, preprocess_portrait
+from avp.portrait.preprocess import (
+    Portrait,
+    PortraitFraming,
+    load_image,
+    portrait_from_parameters,
+    preprocess_portrait,
+)
 
 __all__ = [
     "LANDMARK_GROUPS",
@@ -27,6 +33,8 @@ __all__ = [
     "fit_landmarks",
     "landmark_embedding",
     "load_image",
+    "portrait_from_parameters",
     "load_landmark_embedding",
+    "portrait_from_parameters",
     "preprocess_portrait",
 ]

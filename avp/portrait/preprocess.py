@@ -39,7 +39,7 @@ from avp.render.cameras import intrinsics, look_at
 from avp.signals import ignore_profiling_signal
 from avp.types import Cameras, HeadParams
 
-__all__ = ["Portrait", "PortraitFraming", "align_transform", "ignore_profiling_signal", "load_image",
+__all__ = ["Portrait", "PortraitFraming", "align_transform", "load_image", "portrait_from_parameters",
            "preprocess_portrait", "warp_image"]
 
 Background = Literal["keep", "grabcut"]
@@ -81,14 +81,14 @@ class Portrait:
     """``[1]`` head parameters fitted to the crop's landmarks (the generator's ``portrait_head``)."""
     camera: Cameras
     """The portrait camera (``Ks [1, 3, 3]``, ``viewmats [1, 4, 4]``) the fit used."""
-    fit: FitResult
-    """The landmark fit (residuals in crop pixels)."""
-    landmarks: Tensor
-    """``[478, 3]`` mediapipe landmarks in crop pixels (z scaled alike)."""
-    transform: np.ndarray
+    fit: FitResult | None = None
+    """The landmark fit (residuals in crop pixels); None when the head parameters were given."""
+    landmarks: Tensor | None = None
+    """``[478, 3]`` mediapipe landmarks in crop pixels (z scaled alike); None when the head parameters were given."""
+    transform: np.ndarray | None = None
     """``[2, 3]`` affine map from the original photo's pixels to the crop's."""
-    analysis: FaceAnalysis
-    """Detection and landmarks on the original photo."""
+    analysis: FaceAnalysis | None = None
+    """Detection and landmarks on the original photo; None when the head parameters were given."""
     mask: Tensor | None = None
     """``[1, S, S]`` foreground mask when the background was removed."""
     source: str = "the image"
@@ -101,6 +101,10 @@ class Portrait:
 
     def report(self) -> dict[str, Any]:
         """JSON-ready: where the face was, the alignment, the fit and its residual (crop and original pixels)."""
+        head = {k: np.round(v.detach().cpu().numpy().reshape(-1), 5).tolist() for k, v in self.head.as_dict().items()}
+        if self.analysis is None or self.fit is None:
+            return {"source": self.source, "head_source": "given (no detection or landmark fit)",
+                    "crop_size": int(self.image.shape[-1]), "crop_scale": round(self.scale, 5), "head": head}
         box = self.analysis.box
         pose = self.analysis.pose
         return {
@@ -116,9 +120,31 @@ class Portrait:
             "background": self.meta.get("background", "keep"),
             "fit_crop_px": self.fit.report(),
             "fit_original_px": self.fit.report(pixel_scale=1.0 / self.scale),
-            "head": {k: np.round(v.detach().cpu().numpy().reshape(-1), 5).tolist()
-                     for k, v in self.head.as_dict().items()},
+            "head_source": "landmark fit",
+            "head": head,
         }
+
+
+def portrait_from_parameters(image: Any, head: HeadParams, framing: PortraitFraming | None = None) -> Portrait:
+    """A portrait whose head parameters are known (another tracker's, or a synthetic shard's): no detection and no
+    landmark fit. The photo must already be framed like the training portraits; it is only resized to the framing.
+
+    Args:
+        image: anything :func:`load_image` reads; head: ``[1]`` (or unbatched) head parameters of the portrait.
+    """
+    from PIL import Image
+
+    framing = framing or PortraitFraming()
+    array, name = load_image(image)
+    H, W = array.shape[:2]
+    if H != W:
+        raise ValueError(f"{name}: a portrait with given head parameters must be square (framed like the training "
+                         f"portraits), got {W}x{H}")
+    resized = np.asarray(Image.fromarray(array).resize((framing.size, framing.size), Image.BICUBIC))
+    head = head.map(lambda t: t.reshape(1, t.shape[-1]).float())
+    transform = np.array([[framing.size / W, 0.0, 0.0], [0.0, framing.size / H, 0.0]])
+    return Portrait(image=torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255, head=head,
+                    camera=framing.camera(), transform=transform, source=name, meta={"head": "given"})
 
 
 # ------------------------------------------------------------------------------------------------ images

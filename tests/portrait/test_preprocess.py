@@ -139,3 +139,25 @@ def test_load_image(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     with pytest.raises(ValueError, match="bad.jpg: cannot read as an image"):
         load_image(tmp_path / "bad.jpg")
+
+
+def test_given_head_parameters_skip_detection_and_fit() -> None:
+    import numpy as np
+
+    from avp.portrait.preprocess import PortraitFraming, portrait_from_parameters
+    from avp.types import HeadParams
+
+    framing = PortraitFraming(size=64)
+    head = HeadParams.zeros(1, n_shape=4, n_expr=3)
+    head.shape[0, 0] = 1.5
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[8:24, 8:24] = 255
+    portrait = portrait_from_parameters(image, head, framing)
+    assert portrait.image.shape == (3, 64, 64) and portrait.fit is None and portrait.analysis is None
+    assert torch.equal(portrait.head.shape, head.shape)
+    assert torch.equal(portrait.camera.Ks, framing.camera().Ks)
+    assert portrait.image[:, 32, 32].min() > 0.99 and portrait.image[:, 2, 2].max() < 0.01
+    report = portrait.report()
+    assert report["head_source"].startswith("given") and report["head"]["shape"][0] == 1.5
+    with pytest.raises(ValueError, match="must be square"):
+        portrait_from_parameters(np.zeros((32, 40, 3), dtype=np.uint8), head, framing)
