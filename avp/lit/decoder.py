@@ -45,7 +45,8 @@ from avp.eval.lpips import LPIPS, load_lpips
 from avp.eval.unavailable import Unavailable
 from avp.head import HeadConfig, load_head_model
 from avp.head.rig import PointRig, animate_gaussians
-from avp.lit.generator import GeneratorModule, as_config, warmup_cosine
+from avp.lit.generator import GeneratorModule, as_config
+from avp.lit.optim import adamw_warmup_cosine
 from avp.losses import LossTerms, LossWeights, RegConfig, total_loss
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.decoder import DecoderConfig, DecoderOutput, GaussianDecoder
@@ -634,14 +635,8 @@ class DecoderModule(LightningModule):
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for p in self.decoder.parameters():
-            (no_decay if p.ndim < 2 else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-        )
+        hp = self.hparams
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self.decoder.named_parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                   betas=hp.betas, warmup_steps=hp.warmup_steps, min_lr_ratio=hp.min_lr_ratio,
+                                   total_steps=total)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +25,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from avp.head import HeadConfig, load_head_model
+from avp.lit.optim import adamw_warmup_cosine
 from avp.metrics import PointCloudMetrics, batch_point_cloud_metrics
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.encoders import ConditionConfig
@@ -255,34 +255,10 @@ class GeneratorModule(LightningModule):
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-        )
+        hp = self.hparams
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def warmup_cosine(warmup_steps: int, total_steps: float, min_ratio: float) -> Callable[[int], float]:
-    """Learning-rate factor per step: linear warm-up to 1, then cosine to ``min_ratio`` at ``total_steps``
-    (constant after warm-up when the run has no known length)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if not math.isfinite(total_steps) or total_steps <= warmup_steps:
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+        return adamw_warmup_cosine(self.named_parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas,
+                                   warmup_steps=hp.warmup_steps, min_lr_ratio=hp.min_lr_ratio, total_steps=total)
 
 
 def cloud_figure(generated: Tensor, teacher: Tensor, title: str = "") -> Figure:
