@@ -19,7 +19,6 @@ parameters; the portrait is one real frame from the most frontal camera, with it
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,47 +78,21 @@ def find_point_cloud(ga_dir: str | Path) -> Path:
 
 
 def read_point_cloud_ply(path: str | Path) -> GaussianAvatarsFit:
-    """Parse a GaussianAvatars ``point_cloud.ply`` (plyfile); errors name the file and the property."""
-    from plyfile import PlyData
+    """Parse a GaussianAvatars ``point_cloud.ply`` (the layout :mod:`avp.export.ply` reads and writes); errors
+    name the file and the property."""
+    from avp.export.ply import PlyError, read_gaussian_avatars_ply
 
     path = Path(path)
     try:
-        ply = PlyData.read(str(path))
-        vertex = ply["vertex"]
-    except Exception as e:
-        raise ConversionError(f"{path}: cannot read a PLY 'vertex' element ({type(e).__name__}: {e})") from e
-    names = [p.name for p in vertex.properties]
-
-    def prop(name: str) -> np.ndarray:
-        if name not in names:
-            raise ConversionError(f"{path}: missing property {name!r} (it has {len(names)}: {names[:8]} ...)")
-        return np.asarray(vertex[name], dtype=np.float64)
-
-    def numbered(prefix: str) -> list[str]:
-        found = [n for n in names if re.fullmatch(rf"{prefix}_\d+", n)]
-        return sorted(found, key=lambda n: int(n.split("_")[-1]))
-
-    xyz = np.stack([prop(c) for c in "xyz"], -1)
-    dc = [prop(n) for n in numbered("f_dc")]
-    rest_names = numbered("f_rest")
-    if len(dc) != 3:
-        raise ConversionError(f"{path}: expected f_dc_0..2, found {len(dc)} f_dc properties")
-    k_rest, rem = divmod(len(rest_names), 3)
-    k = k_rest + 1
-    if rem or int(round(math.sqrt(k))) ** 2 != k:
-        raise ConversionError(f"{path}: {len(rest_names)} f_rest properties is not 3 * ((degree + 1)^2 - 1)")
-    rest = np.stack([prop(n) for n in rest_names], -1) if rest_names else np.zeros((len(xyz), 0))
-    sh = np.concatenate([np.stack(dc, -1)[:, None, :],
-                         rest.reshape(len(xyz), 3, k_rest).transpose(0, 2, 1)], axis=1)  # [N, K, 3]
-    scale_names, rot_names = numbered("scale"), numbered("rot")
-    if len(scale_names) != 3 or len(rot_names) != 4:
-        raise ConversionError(f"{path}: expected scale_0..2 and rot_0..3, found {scale_names} and {rot_names}")
-    binding_f = prop("binding_0")
-    if np.any(binding_f != np.round(binding_f)) or np.any(binding_f < 0):
-        raise ConversionError(f"{path}: property 'binding_0' must hold non-negative integer face indices")
-    fit = GaussianAvatarsFit(
-        xyz=xyz, sh=sh, opacity=prop("opacity"), scale=np.stack([prop(n) for n in scale_names], -1),
-        rot=np.stack([prop(n) for n in rot_names], -1), binding=binding_f.astype(np.int64))
+        splats = read_gaussian_avatars_ply(path)
+    except PlyError as e:
+        raise ConversionError(str(e)) from e
+    n, k_rest = splats.n_points, splats.f_rest.shape[1] // 3
+    sh = np.concatenate([splats.f_dc[:, None, :],
+                         splats.f_rest.reshape(n, 3, k_rest).transpose(0, 2, 1)], axis=1)  # [N, K, 3]
+    f64 = lambda a: np.asarray(a, dtype=np.float64)
+    fit = GaussianAvatarsFit(xyz=f64(splats.xyz), sh=f64(sh), opacity=f64(splats.opacity), scale=f64(splats.scale),
+                             rot=f64(splats.rot), binding=splats.binding)
     for name in ("xyz", "sh", "opacity", "scale", "rot"):
         if not np.isfinite(getattr(fit, name)).all():
             raise ConversionError(f"{path}: non-finite values in {name}")
