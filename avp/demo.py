@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -157,10 +158,7 @@ class Demo:
         """Run ``python -m avp.cli ARGS``, streaming its output; fail loudly with the command on error."""
         command = [self.python, "-m", "avp.cli", *args]
         print(f"\n==> {title}\n    $ avp {' '.join(args)}", flush=True)
-        env_threads = {"OMP_NUM_THREADS": str(self.config.threads)}
-        import os
-
-        proc = subprocess.run(command, env={**os.environ, **env_threads}, cwd=Path.cwd())
+        proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(self.config.threads)}, cwd=Path.cwd())
         if proc.returncode != 0:
             raise RuntimeError(f"avp demo: step '{title}' failed (exit {proc.returncode}): avp {' '.join(args)}")
 

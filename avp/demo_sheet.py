@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from avp.atomic import atomic_write_bytes
+from avp.render.sh import sh0_to_rgb
 from avp.types import Cameras
 
 
@@ -85,7 +86,6 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
     keys = [c.key for c in sorted(clips, key=lambda c: c.key)[:subjects]]
     rows: list[np.ndarray] = []
     for shard, raw in _stream(str(data_root), split, set(keys)):
-        meta_views = None
         sample = decode_sample(raw, shard=shard, frame_index=[0])
         meta_views = Cameras(Ks=torch.from_numpy(sample.cameras.Ks).float(),
                              viewmats=torch.from_numpy(sample.cameras.viewmats).float(),
@@ -101,7 +101,7 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
             renders.append(_to_uint8(rgb[0, 0], size))
             if i == 0:
                 cloud = avatar.cloud
-                colours = (0.5 + 0.28209479177387814 * cloud.sh[0, :, 0]).clamp(0, 1)
+                colours = sh0_to_rgb(cloud.sh[0, :, 0]).clamp(0, 1)
                 panels.append(_points_panel(cloud.means[0], colours, target.cameras, size))
         panels += renders + [_to_uint8(target.frames[0, 0], size)]
         rows.append(np.concatenate(panels, axis=1))
