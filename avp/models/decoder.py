@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avp.models.gaussian_activation import RawSplats, SplatParameterisation, activate_splats, init_biases
+from avp.models.pixel_aligned import pixel_feature_dim
 from avp.types import GaussianCloud, TensorContainer
 
 INPUTS = ("both", "position", "ar_feature")
+APPEARANCE = ("none", "pixel")
 
 
 @dataclass
@@ -59,6 +61,12 @@ class DecoderConfig:
     """Dropout on attention weights and residual branches."""
     splat: SplatParameterisation = field(default_factory=SplatParameterisation)
     """Bounds and initial values of the activated attributes (offset, scale, opacity)."""
+    appearance: str = "none"
+    """Extra appearance input per point, the same for every ``inputs`` row: ``none`` (the paper: the portrait
+    reaches the decoder only through the generator's features and condition tokens) or ``pixel`` (an extension of
+    ours: the portrait's colours where the point projects, :mod:`avp.models.pixel_aligned`)."""
+    pixel_levels: int = 3
+    """Pyramid levels of the ``pixel`` colours."""
 
     def validate(self) -> None:
         if self.inputs not in INPUTS:
@@ -67,6 +75,10 @@ class DecoderConfig:
             raise ValueError(f"decoder: width {self.width} is not divisible by n_heads {self.n_heads}")
         if not 0 <= self.sh_degree <= 3:
             raise ValueError(f"decoder: sh_degree must be in 0..3, got {self.sh_degree}")
+        if self.appearance not in APPEARANCE:
+            raise ValueError(f"decoder: appearance must be one of {APPEARANCE}, got {self.appearance!r}")
+        if self.pixel_levels < 1:
+            raise ValueError(f"decoder: pixel_levels must be >= 1, got {self.pixel_levels}")
         if self.n_layers < 0 or self.n_frequencies < 0:
             raise ValueError("decoder: n_layers and n_frequencies must be >= 0")
         self.splat.validate()
@@ -171,7 +183,9 @@ class GaussianDecoder(nn.Module):
         use_feat = config.inputs in ("both", "ar_feature")
         self.position_mlp = _mlp(3 * (1 + 2 * config.n_frequencies), W, W) if use_pos else None
         self.feature_mlp = _mlp(4 * self.feature_dim, config.feature_hidden, W) if use_feat else None
-        self.fuse = nn.Linear(W * (int(use_pos) + int(use_feat)), W)
+        use_pixel = config.appearance == "pixel"
+        self.pixel_mlp = _mlp(pixel_feature_dim(config.pixel_levels), W, W) if use_pixel else None
+        self.fuse = nn.Linear(W * (int(use_pos) + int(use_feat) + int(use_pixel)), W)
         cond = condition_dim if config.cross_attention else None
         self.blocks = nn.ModuleList(PointBlock(W, config.n_heads, config.mlp_ratio, config.dropout, cond)
                                     for _ in range(config.n_layers))
@@ -214,7 +228,7 @@ class GaussianDecoder(nn.Module):
         return (points - self.center.to(points.dtype)) / self.half_extent.to(points.dtype)
 
     def forward(self, points: Tensor, features: Tensor | None = None, mask: Tensor | None = None,
-                condition: Tensor | None = None) -> DecoderOutput:
+                condition: Tensor | None = None, pixel: Tensor | None = None) -> DecoderOutput:
         """Decode splats.
 
         Args:
@@ -223,6 +237,8 @@ class GaussianDecoder(nn.Module):
                 (required unless ``inputs == "position"``, where it is ignored).
             mask: ``[B, N]`` bool, True for real points (None: all real); padding is masked out of attention.
             condition: ``[B, C, Dc]`` condition tokens (required with ``cross_attention``, ignored otherwise).
+            pixel: ``[B, N, 3 * pixel_levels + 2]`` :func:`~avp.models.pixel_aligned.pixel_features` (required with
+                ``appearance == "pixel"``, ignored otherwise).
         """
         cfg = self.config
         if points.ndim != 3 or points.shape[-1] != 3:
@@ -241,6 +257,12 @@ class GaussianDecoder(nn.Module):
                 raise ValueError(f"GaussianDecoder: features must be [B, N, 4, D] = {[B, N, 4, self.feature_dim]}, "
                                  f"got {tuple(features.shape)}")
             parts.append(self.feature_mlp(features.flatten(-2).to(points.dtype)))  # [B, N, 4D] -> [B, N, W]
+        if self.pixel_mlp is not None:
+            expected = (B, N, pixel_feature_dim(cfg.pixel_levels))
+            if pixel is None or tuple(pixel.shape) != expected:
+                got = None if pixel is None else tuple(pixel.shape)
+                raise ValueError(f"GaussianDecoder: appearance='pixel' needs pixel features {list(expected)}, got {got}")
+            parts.append(self.pixel_mlp(pixel.to(points.dtype)))
         if cfg.cross_attention:
             if condition is None:
                 raise ValueError("GaussianDecoder: cross_attention needs the condition tokens [B, C, Dc]")
