@@ -4,6 +4,9 @@
 LightningDataModule chosen by ``class_path`` in the config; configs apply left to right and dotted flags
 (``--model.lr 3e-4``) override them. Tool verbs (``avp data …``, ``avp bench …``) are plain sub-programs registered
 in :data:`TOOLS` and imported only when called, so ``avp --help`` stays fast.
+
+``avp predict`` adds :class:`avp.lit.predict.PredictionWriter` unless the config lists a prediction writer: each
+stage's predictions (generated clouds, avatars) land in ``<log_dir>/predictions/<subject>/``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ LIGHTNING_VERBS = {
     "fit": "train a stage (generator or decoder) from a config",
     "validate": "run the validation loop of a config/checkpoint",
     "test": "run the test loop (evaluation protocol) of a config/checkpoint",
-    "predict": "run the predict loop of a config/checkpoint",
+    "predict": "write each stage's predictions (clouds / avatars) into the run folder",
 }
 
 # verb -> (module exposing ``main(argv) -> int``, one-line description)
 TOOLS: dict[str, tuple[str, str]] = {
     "demo": ("avp.demo", "the whole pipeline at toy scale: data, both stages, evaluation, avatars (make demo)"),
+    "benchmark": ("avp.benchmark", "the paper's ablation rows over seeds at toy scale, JSON + table (make benchmark)"),
     "bench": ("avp.bench", "benchmarks that print JSON (avp bench --list)"),
     "data": ("avp.data.cli", "build and check shard datasets: synth, convert, preview, validate, index"),
     "sweep": ("avp.sweep.cli", "run an ablation sweep (variants x seeds) locally or on SLURM"),
@@ -58,6 +62,12 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
             if instantiate:
                 super().instantiate_classes()
 
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            trainer = super().instantiate_trainer(**kwargs)
+            if self.subcommand == "predict":
+                add_prediction_writer(trainer)
+            return trainer
+
     return AvpCLI(
         LightningModule,
         LightningDataModule,
@@ -70,6 +80,21 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
         run=run,
         auto_configure_optimizers=False,
     )
+
+
+def add_prediction_writer(trainer: Any) -> Any:
+    """``avp predict`` writes its predictions: add :class:`avp.lit.predict.PredictionWriter` (``<log_dir>/predictions``)
+    unless the config lists a prediction writer of its own. Returns the writer in use."""
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    from avp.lit.predict import PredictionWriter
+
+    configured = [cb for cb in trainer.callbacks if isinstance(cb, BasePredictionWriter)]
+    if configured:
+        return configured[0]
+    writer = PredictionWriter()
+    trainer.callbacks.append(writer)
+    return writer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,3 +33,26 @@ def test_fit_help_is_lightning_cli() -> None:
 def test_bench_lists_benchmarks(capsys) -> None:
     assert cli.main(["bench", "--list"]) == 0
     assert "benchmarks:" in capsys.readouterr().out
+
+
+def test_predict_adds_the_prediction_writer_unless_the_config_lists_one(tmp_path) -> None:
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    from avp.lit.predict import PredictionWriter
+
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+             "default_root_dir": str(tmp_path)}
+    trainer = Trainer(**quiet)
+    writer = cli.add_prediction_writer(trainer)
+    assert isinstance(writer, PredictionWriter) and writer.output_dir is None and writer in trainer.callbacks
+    assert cli.add_prediction_writer(trainer) is writer  # added once
+    own = PredictionWriter(output_dir=str(tmp_path / "mine"))
+    trainer = Trainer(callbacks=[own], **quiet)
+    assert cli.add_prediction_writer(trainer) is own
+    assert sum(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks) == 1
+
+
+def test_predict_help_names_what_it_writes(capsys) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "predictions" in capsys.readouterr().out

@@ -153,8 +153,7 @@ def test_a_tool_config_is_a_yaml_mapping(path: Path) -> None:
 @pytest.fixture
 def generator_base() -> Path:
     path = ROOT / "configs" / "generator" / "base.yaml"
-    if not path.exists():
-        pytest.skip("configs/generator/base.yaml is not there")
+    assert path.is_file(), "configs/generator/base.yaml is missing: the bad-input tests need the shipped base"
     return path
 
 
@@ -193,3 +192,93 @@ def test_header_and_kinds(tmp_path: Path) -> None:
     path.write_text("# bases: configs/a.yaml, configs/b.yaml\n# hypothesis: one\n#   two\n# metric: val/loss\nx: 1\n")
     assert header(path) == {"bases": "configs/a.yaml, configs/b.yaml", "hypothesis": "one two", "metric": "val/loss"}
     assert [rel(b) for b in bases(path)] == ["configs/a.yaml", "configs/b.yaml"]
+
+
+# ------------------------------------------------------------------------------------------- fit-time config rules
+def fit_rule_errors(config: dict[str, Any]) -> list[str]:
+    """What :mod:`avp.lit.config_rules` refuses in a parsed config (empty: it may fit)."""
+    from avp.lit.config_rules import decoder_fit_errors, generator_fit_errors
+    from avp.lit.generator import as_config
+    from avp.losses import LossWeights
+    from avp.models.decoder import DecoderConfig
+    from avp.models.encoders import ConditionConfig
+
+    model, data = config["model"], (config.get("data") or {}).get("init_args") or {}
+    init = model.get("init_args") or {}
+    if model["class_path"].endswith("GeneratorModule"):
+        return generator_fit_errors(as_config(ConditionConfig, init["condition"]))
+    if model["class_path"].endswith("DecoderModule"):
+        return decoder_fit_errors(as_config(DecoderConfig, init["decoder"]), as_config(LossWeights, init["loss"]),
+                                  data.get("frames_per_sample"), data.get("views_per_sample"))
+    return []
+
+
+@pytest.mark.parametrize("configs", [[p] for p in of_kind("complete")] + [[b, p] for p in of_kind("delta")
+                                                                        for b in bases(p)],
+                         ids=lambda cs: " + ".join(rel(c) for c in cs))
+def test_every_shipped_config_passes_the_fit_rules(configs: list[Path]) -> None:
+    assert fit_rule_errors(parse(*configs)) == []
+
+
+def test_the_generator_base_trains_its_image_encoder_unless_weights_are_given() -> None:
+    image = parse(ROOT / "configs" / "generator" / "base.yaml")["model"]["init_args"]["condition"]["image"]
+    assert image.get("pretrained_path") is None and image["freeze"] is False  # (the dump leaves out nulls)
+
+
+def test_a_frozen_random_image_encoder_is_refused_naming_both_keys() -> None:
+    from avp.lit.config_rules import GENERATOR_FIT_RULES, generator_fit_errors
+    from avp.models.encoders import ConditionConfig, ImageEncoderConfig
+
+    [error] = generator_fit_errors(ConditionConfig(image=ImageEncoderConfig(freeze=True, pretrained_path=None)))
+    assert "model.condition.image.freeze" in error and "model.condition.image.pretrained_path" in error
+    assert "model.condition.image.freeze" in GENERATOR_FIT_RULES[0]
+    for fine in (ImageEncoderConfig(freeze=True, pretrained_path="dinov2.pth"), ImageEncoderConfig(freeze=False)):
+        assert generator_fit_errors(ConditionConfig(image=fine)) == []
+    assert generator_fit_errors(ConditionConfig(image=ImageEncoderConfig(freeze=True), use_image=False)) == []
+
+
+def test_the_generator_module_refuses_it_when_fitting_starts_only() -> None:
+    """A frozen random encoder is refused by ``setup("fit")``; building the module (as a decoder does to rebuild its
+    frozen generator without the weights file) and evaluating are not."""
+    from avp.lit.generator import GeneratorModule
+
+    module = GeneratorModule(condition={"image": {"arch": "tiny", "image_size": 32, "freeze": True},
+                                        "mesh": {"n_points": 8, "n_layers": 1, "n_heads": 2}},
+                             model={"n_layers": 1, "width": 16, "n_heads": 2}, train_window=64)
+    for stage in ("validate", "test", "predict"):
+        module.setup(stage)
+    with pytest.raises(ValueError, match="refusing to fit") as info:
+        module.setup("fit")
+    message = str(info.value)
+    assert "model.condition.image.freeze" in message and "model.condition.image.pretrained_path" in message
+    assert "Rules of this stage" in message
+
+
+@pytest.mark.parametrize("change,keys", [
+    ({"decoder": {"inputs": "position", "cross_attention": True}},
+     ["model.decoder.inputs", "model.decoder.cross_attention"]),
+    ({"loss": {"l1": 0.0, "ssim": 0.0, "lpips": 0.0}}, ["model.loss.l1", "model.loss.ssim", "model.loss.lpips"]),
+    ({"frames_per_sample": 0}, ["data.frames_per_sample"]),
+    ({"views_per_sample": 0}, ["data.views_per_sample"]),
+])
+def test_each_decoder_rule_fires_naming_its_keys(change: dict, keys: list[str]) -> None:
+    from types import SimpleNamespace
+
+    from avp.lit.config_rules import DECODER_FIT_RULES, check_decoder_fit, decoder_fit_errors
+    from avp.losses import LossWeights
+    from avp.models.decoder import DecoderConfig
+
+    decoder = DecoderConfig(**change.get("decoder", {"cross_attention": True}))
+    loss = LossWeights(**change.get("loss", {"lpips": 0.0}))
+    frames, views = change.get("frames_per_sample", 1), change.get("views_per_sample", 2)
+    [error] = decoder_fit_errors(decoder, loss, frames, views)
+    assert all(key in error for key in keys), error
+    module = SimpleNamespace(decoder=SimpleNamespace(config=decoder), loss_weights=loss)
+    datamodule = SimpleNamespace(config=SimpleNamespace(frames_per_sample=frames, views_per_sample=views))
+    with pytest.raises(ValueError) as info:
+        check_decoder_fit(module, datamodule)
+    assert all(key in str(info.value) for key in keys)
+    assert all(rule in str(info.value) for rule in DECODER_FIT_RULES)  # the message lists every rule
+    # the same settings otherwise are fine
+    assert decoder_fit_errors(DecoderConfig(cross_attention=True), LossWeights(lpips=0.0), 1, 2) == []
+    assert decoder_fit_errors(DecoderConfig(inputs="position", cross_attention=False), LossWeights(), 1, 2) == []

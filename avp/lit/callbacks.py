@@ -23,7 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from avp.atomic import atomic_write_json
@@ -37,6 +37,22 @@ LAST_CHECKPOINT = "last.ckpt"
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def local_log_dir(trainer: pl.Trainer) -> Path:
+    """The run's log folder as ``trainer.log_dir`` names it (the first logger's ``log_dir``, or its ``save_dir``
+    for other loggers, else ``default_root_dir``), read **without** ``trainer.log_dir``'s broadcast.
+
+    ``trainer.log_dir`` is a collective: a hook that reads it on rank 0 only (after ``if not
+    trainer.is_global_zero: return``) hangs or crashes the other ranks. Read it in a hook every rank runs (``setup``)
+    when ranks must agree on the folder; this function is for code that already runs on one rank only.
+    """
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        folder = logger.log_dir if isinstance(logger, (TensorBoardLogger, CSVLogger)) else logger.save_dir
+        if folder is not None:
+            return Path(folder)
+    return Path(trainer.default_root_dir)
 
 
 def write_tensorboard_purge(logger: TensorBoardLogger, step: int) -> None:

@@ -25,6 +25,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from avp.atomic import atomic_write_bytes
+from avp.lit.callbacks import local_log_dir
 
 
 def visual_grid(panels: Tensor, padding: int = 2) -> Tensor:
@@ -60,9 +61,21 @@ class DecoderImageLogger(Callback):
         self.written: list[Path] = []
         """PNG files written so far (this process)."""
         self._last_train_step = -1
+        self._log_dir: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # ``trainer.log_dir`` is a collective (a broadcast of rank 0's folder): read it here, where every rank runs
+        # the same hook, never behind a rank check (rank 0 alone would wait for, or crash, the other ranks)
+        self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+
+    def log_dir(self, trainer: Trainer) -> Path:
+        """Where the PNGs go (``<log_dir>/images``): the folder :meth:`setup` agreed on, else the logger's own
+        (read without any collective)."""
+        return self._log_dir if self._log_dir is not None else local_log_dir(trainer)
 
     def _emit(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         panels = getattr(pl_module, "last_visuals", {}).get(stage)
+        # nothing below is a collective: ranks other than 0 may return here
         if panels is None or not trainer.is_global_zero:
             return
         grid = visual_grid(panels)
@@ -72,8 +85,7 @@ class DecoderImageLogger(Callback):
             if hasattr(experiment, "add_image"):
                 experiment.add_image(f"{stage}/images", grid, global_step=step)
         if self.save_png:
-            root = trainer.log_dir or trainer.default_root_dir
-            path = Path(root) / "images" / f"{stage}_step{step:07d}.png"
+            path = self.log_dir(trainer) / "images" / f"{stage}_step{step:07d}.png"
             atomic_write_bytes(path, png_bytes(grid))
             self.written.append(path)
 

@@ -8,11 +8,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from avp.sweep.spec import read_status
-from tests.lit.toy import GENERATOR_CONFIGS, add_callback, plan_sweep, run_env, tiny_shards, toy_config
+from tests.lit.toy import (
+    DECODER_CONFIGS,
+    GENERATOR_CONFIGS,
+    add_callback,
+    plan_sweep,
+    run_env,
+    set_callback_args,
+    tiny_shards,
+    toy_config,
+    trained_generator,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,3 +96,47 @@ def test_real_generator_debug_config_under_ddp_logs_the_same_val_loss_on_both_ra
     acc.Reload()
     logged = {e.step: e.value for e in acc.Scalars("val/loss")}
     assert logged == pytest.approx({int(s): v["val/loss"] for s, v in m0.items()}, rel=1e-6)
+
+
+def test_real_decoder_debug_config_under_ddp_with_image_logging_agrees_on_both_ranks(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The decoder stage (configs/decoder/base.yaml + configs/debug/decoder.yaml) under 2-process gloo DDP with its
+    shipped DecoderImageLogger writing PNGs every step: rank 0 writes them while rank 1 goes on (reading
+    ``trainer.log_dir`` behind a rank check used to kill rank 1 at step 1); validation metrics agree on both ranks."""
+    base = tmp_path_factory.getbasetemp()
+    shards, generator = tiny_shards(base), trained_generator(base)
+    steps = 4  # 4 training clips, 1 per rank per step: 2 steps per epoch, a validation after each
+    spec = {"name": "dec-ddp", "out": str(tmp_path / "runs"), "base": DECODER_CONFIGS,
+            "overrides": {"data.init_args.root": str(shards), "model.init_args.generator_ckpt": str(generator),
+                          "data.init_args.image_size": 32, "data.init_args.val_split": "train",  # 2 clips per rank
+                          "trainer.max_steps": steps, "trainer.log_every_n_steps": 1},
+            "runs": {"ddp": {"launcher": {"tasks_per_node": 2}}}}
+    [run] = plan_sweep(spec, tmp_path)
+    set_callback_args(run.config_path, "DecoderImageLogger", every_n_steps=1, save_png=True)
+    record = tmp_path / "record"
+    keys = ["val/loss", "val/loss_l1", "val/psnr", "val/ssim"]
+    add_callback(run.config_path, "tests.lit.toy.RecordMetrics", out_dir=str(record), keys=keys)
+
+    proc = subprocess.run([sys.executable, "-m", "avp.sweep.run", str(run.run_dir)], cwd=ROOT, env=run_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = read_status(run.run_dir)
+    assert status["state"] == "finished" and status["global_step"] == steps
+    assert status["attempts"][-1]["world_size"] == 2
+    ckpt = torch.load(run.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == steps and any(k.startswith("decoder.") for k in ckpt["state_dict"])
+
+    images = sorted(p.name for p in (run.log_dir / "images").glob("*.png"))
+    assert images == [*(f"train_step{s:07d}.png" for s in range(1, steps + 1)), "val_step0000002.png",
+                      "val_step0000004.png"]
+    ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["pid"] != ranks[1]["pid"] and all(r["world_size"] == 2 for r in ranks)
+    m0, m1 = ranks[0]["metrics"], ranks[1]["metrics"]
+    assert len(m0) == 2 and m0.keys() == m1.keys()
+    for step in m0:  # losses are logged with sync_dist, PSNR/SSIM are torchmetrics synced over ranks
+        assert set(m0[step]) == set(keys)
+        assert m0[step] == pytest.approx(m1[step], rel=1e-6), step
+    acc = EventAccumulator(str(run.log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = {e.step: e.value for e in acc.Scalars("val/psnr")}
+    assert sorted(logged.values()) == pytest.approx(sorted(v["val/psnr"] for v in m0.values()), rel=1e-6)

@@ -156,17 +156,81 @@ def add_callback(config_path: Path, class_path: str, **init_args: object) -> Non
     config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
+def set_callback_args(config_path: Path, class_name: str, **init_args: object) -> None:
+    """Update the init args of the callback whose class is ``class_name`` in a planned (not yet started) run."""
+    import yaml
+
+    header = "".join(line + "\n" for line in config_path.read_text().splitlines() if line.startswith("#"))
+    config = yaml.safe_load(config_path.read_text())
+    found = [c for c in config["trainer"]["callbacks"] if c["class_path"].rsplit(".", 1)[-1] == class_name]
+    assert found, f"{config_path}: no {class_name} callback"
+    for callback in found:
+        callback.setdefault("init_args", {}).update(init_args)
+    config_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+
+
 def tiny_shards(base: Path) -> Path:
-    """Tiny synthetic shards (6 subjects, 112 px portraits, a few hundred teacher points) for the real generator's
+    """Tiny synthetic shards (6 subjects, 112 px portraits, 60-120 teacher points) for the real generator's
     debug config; made once per directory ``base`` (pass ``tmp_path_factory.getbasetemp()`` to share a session)."""
     root = Path(base) / "avp-synth-tiny"
     if not (root / "shards.json").exists():
         from avp.cli import main
 
         code = main(["data", "synth", "--out", str(root), "--subjects", "6", "--views", "1", "--frames", "1",
-                     "--size", "32", "--portrait-size", "112", "--points", "200", "400", "--workers", "1"])
+                     "--size", "32", "--portrait-size", "112", "--points", "60", "120", "--workers", "1"])
         assert code == 0 and (root / "shards.json").exists(), "avp data synth failed"
     return root
 
 
 GENERATOR_CONFIGS = ["configs/generator/base.yaml", "configs/debug/generator.yaml"]
+DECODER_CONFIGS = ["configs/decoder/base.yaml", "configs/debug/decoder.yaml"]
+
+# CPU-minute sizes on top of the debug configs (flags of `avp fit`), for tests that only need real, tiny runs
+FAST_GENERATOR_FLAGS = [
+    "--trainer.max_steps=2", "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "--data.init_args.samples_per_epoch=4",  # 2 steps per epoch: one validation (with sampling) at step 2
+    "--model.init_args.val_sample_subjects=1", "--model.init_args.val_sampling.max_points=24",
+]
+FAST_DECODER_FLAGS = [
+    "--trainer.max_steps=2", "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "--trainer.log_every_n_steps=1", "--data.init_args.samples_per_epoch=2", "--data.init_args.image_size=32",
+    "--model.init_args.sampling.max_points=24", "--model.init_args.template_points=64",
+]
+
+
+def run_cli(argv: list[str], cwd: Path | None = None):
+    """``avp <argv>`` in this process (LightningCLI); returns the CLI object (``.trainer``, ``.model``).
+
+    ``cwd``: working directory during the run (the shipped configs log to ``runs/`` relative to it)."""
+    import sys
+
+    from avp.cli import build_cli
+
+    root = Path(__file__).resolve().parents[2]
+    argv = [a if not a.startswith("configs/") else str(root / a) for a in argv]
+    saved, here = sys.argv, Path.cwd()
+    sys.argv = saved[:1]  # LightningCLI warns when it sees both ``args`` and command-line arguments
+    if cwd is not None:
+        Path(cwd).mkdir(parents=True, exist_ok=True)
+        os.chdir(cwd)
+    try:
+        return build_cli(argv)
+    finally:
+        os.chdir(here)
+        sys.argv = saved
+
+
+def trained_generator(base: Path) -> Path:
+    """``last.ckpt`` of a 2-step ``avp fit`` of the generator stage (its shipped base + debug configs) on
+    :func:`tiny_shards`; made once per directory ``base`` (pass ``tmp_path_factory.getbasetemp()``)."""
+    out = Path(base) / "avp-generator-tiny"
+    ckpt = out / "runs" / "generator-debug" / "version_0" / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        shards = tiny_shards(base)
+        out.mkdir(parents=True, exist_ok=True)
+        run_cli(["fit", *(a for c in GENERATOR_CONFIGS for a in ("--config", c)), f"--data.init_args.root={shards}",
+                 *FAST_GENERATOR_FLAGS], cwd=out)
+        assert ckpt.exists(), f"the generator fit wrote no {ckpt}"
+    return ckpt

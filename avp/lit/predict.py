@@ -1,0 +1,297 @@
+"""``avp predict``: what each stage's predict loop makes, and :class:`PredictionWriter`, which writes it into the run.
+
+The predict split is the DataModule's test split. Both stages predict **per subject** with the module's ``seed``
+(as ``avp avatarize --seed``), so a subject's output does not depend on the batch size or the number of ranks.
+
+- Generator (:meth:`avp.lit.generator.GeneratorModule.predict_step`): one cloud per subject sampled from its
+  portrait with ``val_sampling`` (window: ``train_window``) -> :class:`GeneratedCloud`, written as::
+
+      <out>/<subject>/points.ply   x y z (float, metres, canonical space) + binding (int: head-model face)
+      <out>/<subject>/cloud.npz    tokens [L] int64 (BOS x y z b ... EOS), points [N, 3] float32 (the dequantised
+                                   tokens), binding [N] int64, n_points, finished (EOS reached), seed
+
+- Decoder (:meth:`avp.lit.decoder.DecoderModule.predict_step`): one avatar per subject from its portrait, on
+  ``eval_points`` when that is set, else on ``generated`` points (the method, as ``avp avatarize``) ->
+  :class:`PredictedAvatar`, written with the same exports as ``avp avatarize``::
+
+      <out>/<subject>/avatar/                          Avatar.save: avatar.json, avatar.npz, portrait.png
+                                                       (avp.pipeline.Avatar.load reads it back)
+      <out>/<subject>/gaussian_avatars/point_cloud.ply GaussianAvatars' face-local splats (binding_0)
+      <out>/<subject>/gaussian_avatars/flame_param.npz the clip's drawn frames as GaussianAvatars motion
+      <out>/<subject>/avatar_world.ply                 INRIA 3DGS ply in world space, rest pose
+
+``<out>`` is ``<log_dir>/predictions`` (the logger's version folder, e.g. ``runs/decoder/version_3/predictions``, or
+``default_root_dir`` without a logger) unless ``output_dir`` is given. ``avp predict`` installs the writer when the
+config has none (:mod:`avp.cli`); a config may list it to choose ``output_dir``::
+
+    trainer:
+      callbacks:
+        - class_path: avp.lit.predict.PredictionWriter
+          init_args: {output_dir: out/predictions}
+
+Every file is written atomically (a temporary file renamed over the target); a repeated subject (DDP pads the last
+batches with wrapped-around samples) is written again with identical content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from avp.atomic import atomic_open
+from avp.lit.callbacks import local_log_dir
+from avp.types import AvatarBatch, Cameras, HeadParams
+
+if TYPE_CHECKING:
+    from avp.pipeline import Avatar
+
+POINT_PLY_FIELDS = (("x", "f4"), ("y", "f4"), ("z", "f4"), ("binding", "i4"))
+"""Properties of a generated cloud's ``points.ply`` (one ``vertex`` element)."""
+
+
+def subject_dirname(subject: str) -> str:
+    """A subject id as a folder name (anything but letters, digits, ``.``, ``_``, ``-`` becomes ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(subject)).strip(".")
+    return name or "subject"
+
+
+def _write_npz(path: Path, arrays: dict[str, Any]) -> Path:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    with atomic_open(path, "wb") as f:
+        f.write(buffer.getvalue())
+    return path
+
+
+def write_point_ply(path: str | Path, points: np.ndarray, binding: np.ndarray) -> Path:
+    """A plain point cloud ``.ply`` (``x y z`` float, ``binding`` int per vertex) that point-cloud viewers open."""
+    from plyfile import PlyData, PlyElement
+
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    binding = np.asarray(binding).reshape(-1)
+    if binding.shape[0] != points.shape[0]:
+        raise ValueError(f"write_point_ply: {points.shape[0]} points but {binding.shape[0]} bindings")
+    vertex = np.empty(points.shape[0], dtype=list(POINT_PLY_FIELDS))
+    vertex["x"], vertex["y"], vertex["z"] = points[:, 0], points[:, 1], points[:, 2]
+    vertex["binding"] = binding.astype(np.int32)
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(f)
+    return path
+
+
+def read_point_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(points [N, 3] float32, binding [N] int64)`` of a :func:`write_point_ply` file."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(path))["vertex"]
+    points = np.stack([np.asarray(vertex[k], dtype=np.float32) for k in ("x", "y", "z")], axis=-1)
+    return points, np.asarray(vertex["binding"], dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------------ predictions
+@dataclass
+class GeneratedCloud:
+    """The generator's prediction for one subject (CPU arrays)."""
+
+    subject: str
+    tokens: np.ndarray
+    """``[L]`` int64: ``BOS x y z b … EOS`` (no EOS when sampling stopped at ``max_points``)."""
+    points: np.ndarray
+    """``[N, 3]`` float32 dequantised canonical points (bin centres of the tokens)."""
+    binding: np.ndarray
+    """``[N]`` int64 head-model face of every point."""
+    finished: bool
+    """True when the model emitted EOS (False: stopped at ``max_points``)."""
+    seed: int
+
+    @property
+    def n_points(self) -> int:
+        return int(self.points.shape[0])
+
+    def write(self, directory: str | Path) -> list[Path]:
+        directory = Path(directory)
+        return [
+            write_point_ply(directory / "points.ply", self.points, self.binding),
+            _write_npz(directory / "cloud.npz", {
+                "tokens": self.tokens.astype(np.int64), "points": self.points.astype(np.float32),
+                "binding": self.binding.astype(np.int64), "n_points": np.int64(self.n_points),
+                "finished": np.bool_(self.finished), "seed": np.int64(self.seed)}),
+        ]
+
+
+@dataclass
+class PredictedAvatar:
+    """The decoder's prediction for one subject: the avatar and the motion of its clip's drawn frames (CPU)."""
+
+    subject: str
+    avatar: Avatar
+    motion: HeadParams
+    """``[T]`` head parameters (GaussianAvatars' ``flame_param.npz``)."""
+
+    def write(self, directory: str | Path) -> list[Path]:
+        from avp.export.ply import (
+            to_gaussian_avatars,
+            write_flame_param_npz,
+            write_gaussian_avatars_ply,
+            write_splat_ply,
+        )
+
+        directory = Path(directory)
+        avatar = self.avatar
+        head_model = avatar.head_model
+        self.avatar.save(directory / "avatar")
+        written = [directory / "avatar" / name for name in ("avatar.json", "avatar.npz", "portrait.png")
+                   if (directory / "avatar" / name).is_file()]
+        ga = to_gaussian_avatars(avatar.cloud, avatar.binding, head_model, avatar.shape.cpu())
+        written.append(write_gaussian_avatars_ply(directory / "gaussian_avatars" / "point_cloud.ply", ga))
+        written.append(write_flame_param_npz(directory / "gaussian_avatars" / "flame_param.npz", self.motion,
+                                             head_model.n_vertices))
+        written.append(write_splat_ply(directory / "avatar_world.ply", avatar.animate(avatar.neutral(1))))
+        return written
+
+
+def _subject_batch(batch: AvatarBatch, b: int) -> AvatarBatch:
+    """Sample ``b`` of a batch as a batch of one (tensors with the batch dimension are sliced, others kept)."""
+    B = batch.batch_size
+    one = batch.map(lambda t: t[b : b + 1] if t.dim() > 0 and t.shape[0] == B else t)
+    return dataclasses.replace(one, subject=[batch.subject[b]])
+
+
+@torch.no_grad()
+def generator_predictions(module: Any, batch: AvatarBatch) -> list[GeneratedCloud]:
+    """:meth:`GeneratorModule.predict_step`: sample one cloud per subject with ``val_sampling`` and ``seed``."""
+    seed = int(module.hparams.seed)
+    condition = module.net.encode_condition(batch.portrait, batch.portrait_head)
+    out = []
+    for b, subject in enumerate(batch.subject):
+        generator = torch.Generator(device=condition.device).manual_seed(seed)
+        s = module.net.sample(condition[b : b + 1], module.val_sampling, generator,
+                              shape=batch.portrait_head.shape[b : b + 1])
+        n, length = int(s.n_points[0]), int(s.lengths[0])
+        out.append(GeneratedCloud(
+            subject=str(subject), tokens=s.tokens[0, :length].cpu().numpy().astype(np.int64),
+            points=s.points[0, :n].float().cpu().numpy(), binding=s.binding[0, :n].cpu().numpy().astype(np.int64),
+            finished=bool(s.finished[0]), seed=seed))
+    return out
+
+
+def _portrait_camera(batch: AvatarBatch) -> Cameras | None:
+    camera = batch.extras.get("portrait_cameras")
+    if not isinstance(camera, Cameras):
+        return None
+    return Cameras(Ks=camera.Ks.reshape(-1, 3, 3)[:1].float(), viewmats=camera.viewmats.reshape(-1, 4, 4)[:1].float(),
+                   width=camera.width, height=camera.height)
+
+
+@torch.no_grad()
+def decoder_predictions(module: Any, batch: AvatarBatch) -> list[PredictedAvatar]:
+    """:meth:`DecoderModule.predict_step`: one avatar per subject on ``eval_points`` (when set) or generated
+    points, sampled with the module's ``sampling`` and ``seed``."""
+    from avp.head import HeadConfig
+    from avp.pipeline import _CLOUD_FIELDS, Avatar
+    from avp.provenance import git_sha
+    from avp.types import GaussianCloud
+
+    if batch.head.global_rot.dim() != 3 or batch.head.global_rot.shape[1] == 0:
+        raise ValueError("DecoderModule.predict_step: the batch has no clip frames; set data.frames_per_sample >= 1 "
+                         "(the avatar's identity and its GaussianAvatars motion come from the clip's frames)")
+    source = module.hparams.eval_points or "generated"
+    seed = int(module.hparams.seed)
+    hp = dict(module.hparams)
+    head_cfg = hp.get("head") or hp.get("generator_hparams", {}).get("head") or {}
+    head_config = head_cfg if isinstance(head_cfg, HeadConfig) else HeadConfig(**dict(head_cfg))
+    trainer = module._trainer
+    checkpoint = None if trainer is None or trainer.ckpt_path is None else str(trainer.ckpt_path)
+    sha = git_sha()
+    out = []
+    for b, subject in enumerate(batch.subject):
+        one = _subject_batch(batch, b)
+        generator = None
+        if source == "generated":
+            generator = torch.Generator(device=one.portrait.device).manual_seed(seed)
+        _, decoded = module.decode_prepared(module.prepare_batch(one, source, generator))
+        n = int(decoded.n_points[0])
+        cloud = GaussianCloud(**{k: getattr(decoded.cloud, k)[:, :n].float() for k in _CLOUD_FIELDS})
+        shape = one.head.shape[0, 0].float()
+        meta = {"subject": str(subject), "seed": seed, "points": source,
+                "sampling": dataclasses.asdict(module.sampling) if source == "generated" else None,
+                "finished": bool(decoded.finished[0]), "n_points": n, "checkpoints": {"decoder": checkpoint},
+                "source": "avp predict", "git": sha}
+        avatar = Avatar(cloud=cloud, binding=decoded.binding[0, :n].long(), points=decoded.points[0, :n].float(),
+                        shape=shape, portrait_head=one.portrait_head, head_config=head_config,
+                        head_model=module.head_model, rig=decoded.rig, animation=module.animation,
+                        portrait=one.portrait[0], portrait_camera=_portrait_camera(one), meta=meta)
+        motion = one.head.map(lambda t: t[0].float())  # [T]
+        out.append(PredictedAvatar(subject=str(subject), avatar=avatar.to("cpu"), motion=motion.to("cpu")))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- writer
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict_step`` returns (objects with ``subject`` and ``write(directory)``, e.g.
+    :class:`GeneratedCloud`, :class:`PredictedAvatar`) under ``<output_dir>/<subject>/`` after every batch.
+
+    Args:
+        output_dir: where predictions go; None: ``<log_dir>/predictions`` (the run's log folder, see the module
+            docstring).
+        return_predictions: also keep every prediction in memory for ``trainer.predict``'s return value; False
+            (default) writes them only, so a large split does not accumulate (``trainer.predict`` returns None).
+    """
+
+    def __init__(self, output_dir: str | None = None, return_predictions: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.return_predictions = return_predictions
+        self.directory: Path | None = None
+        """The folder predictions are written to (set in ``setup``)."""
+        self.written: list[Path] = []
+        """Files written by this process."""
+        self.subjects: list[str] = []
+        """Subjects written by this process, in order."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        # outputs are named by subject id, never by sample index: the loop's note that it cannot infer the indices
+        # of a streaming loader is noise here
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched")
+        if self.output_dir is not None:
+            self.directory = Path(self.output_dir)
+        else:
+            # ``trainer.log_dir`` is a collective (rank 0's folder, broadcast): every rank runs this hook
+            self.directory = Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.return_predictions:
+            trainer.predict_loop.return_predictions = False
+
+    def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int) -> None:
+        if self.directory is None:  # not set up through a Trainer's predict (called by hand): no collective here
+            self.directory = Path(self.output_dir) if self.output_dir else local_log_dir(trainer) / "predictions"
+        items = prediction if isinstance(prediction, (list, tuple)) else [prediction]
+        for item in items:
+            if not (hasattr(item, "write") and hasattr(item, "subject")):
+                raise TypeError(f"PredictionWriter: predict_step must return objects with .subject and .write(dir) "
+                                f"(avp.lit.predict.GeneratedCloud / PredictedAvatar), got {type(item).__name__}")
+            self.written += item.write(self.directory / subject_dirname(item.subject))
+            self.subjects.append(str(item.subject))
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        rank_zero_info(f"avp predict: wrote {len(set(self.subjects))} subjects ({len(self.written)} files) under "
+                       f"{self.directory}" + (" (rank 0; every rank writes its own subjects)"
+                                              if trainer.world_size > 1 else ""))
