@@ -11,6 +11,10 @@ Every step masks the logits so that only a well-formed sequence can come out:
 
 Then temperature (0 = greedy), top-k and top-p pick the token with a seeded ``torch.Generator``.
 
+A model with the role-factored head (``GeneratorConfig.head = "role"``) forwards without logits and only the rows of
+the slot's role are computed (``hidden @ W[rows].T``: coordinates and EOS, or faces), put back at their vocabulary ids
+with every other token at ``-inf``: those were masked by the grammar anyway, so the draws are the full head's.
+
 Long clouds: the model sees at most ``window`` tokens (its training window). When the context would exceed it, the
 sampler restarts the context at a point boundary so that the last ``keep`` tokens or fewer remain, re-encoding them in
 one forward (same absolute positions, the condition kept): exactly the view a training window starting there has.
@@ -19,13 +23,13 @@ With ``use_kv_cache=False`` the same contexts are recomputed in full at every st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from avp.models.generator import GeneratorOutput, point_features
+from avp.models.generator import GeneratorOutput, point_features, role_rows
 from avp.models.tokenizer import PointTokenizer
 from avp.types import TensorContainer
 
@@ -203,12 +207,31 @@ def _restrict_to_nearest_faces(allowed: Tensor, point: Tensor, face_centers: Ten
     return torch.where(narrowed.any(-1, keepdim=True), narrowed, allowed)
 
 
+def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
+    """One token per row of ``probs [B, V]``: ``torch.multinomial`` with one generator, or with ``B`` generators
+    (one per row) an inverse-CDF draw of one uniform from each row's own generator, so that a row's tokens do not
+    depend on the other rows of its batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"sampling: {len(generator)} generators for {probs.shape[0]} rows")
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=torch.float64) for g in generator])
+    cdf = probs.double().cumsum(-1)
+    u = u * cdf[:, -1]  # the cumulative sum of float probabilities may end a hair below 1
+    index = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1)
+    # never land on a zero-probability token (masked or filtered) at the edges of the cumulative sum
+    index = index.clamp(max=probs.shape[1] - 1)
+    allowed = probs > 0
+    last = allowed.shape[1] - 1 - allowed.flip(-1).long().argmax(-1)
+    return torch.where(allowed.gather(1, index[:, None]).squeeze(-1), index, last)
+
+
 def sample(
     model: torch.nn.Module,
     condition: Tensor,
     tokenizer: PointTokenizer,
     config: SamplingConfig | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     face_centers: Tensor | None = None,
 ) -> SampleOutput:
@@ -219,7 +242,8 @@ def sample(
         condition: ``[B, C, D]`` condition tokens (``ConditionEncoder`` output).
         tokenizer: the tokenizer the model was trained with.
         config: :class:`SamplingConfig` (default: temperature 1, all masks, 10,000 points at most).
-        generator: RNG for the token draws, on the condition's device (None: the global one).
+        generator: RNG for the token draws, on the condition's device (None: the global one), or one generator per
+            condition (each cloud then draws only from its own: see :func:`draw_tokens`).
         on_step: called as ``on_step(position, max_position)`` after every step (progress bars).
         face_centers: ``[B, F, 3]`` centres of the head model's faces on each subject's canonical mesh; required
             when ``config.bind_nearest > 0``.
@@ -248,6 +272,8 @@ def sample(
     prev = torch.zeros(B, 4, dtype=torch.long, device=device)
     cur = torch.zeros(B, 4, dtype=torch.long, device=device)
     vocab = torch.arange(tokenizer.vocab_size, device=device)
+    role_head = getattr(getattr(model, "config", None), "head", "full") == "role"
+    rows = [role_rows(r, L, F, device) for r in range(4)]  # role head: the rows each role computes
 
     was_training = model.training
     model.eval()
@@ -265,7 +291,11 @@ def sample(
                     model.reset_kv_cache(ctx_start)
                     cached_to = ctx_start
             first = cached_to if config.use_kv_cache else ctx_start
-            out = model(tokens[:, first : pos + 1], condition, torch.arange(first, pos + 1, device=device))
+            positions = torch.arange(first, pos + 1, device=device)
+            if role_head:
+                out = model(tokens[:, first : pos + 1], condition, positions, return_logits=False)
+            else:
+                out = model(tokens[:, first : pos + 1], condition, positions)
             cached_to = pos + 1
             if pos == 0:
                 hidden = out.hidden.new_zeros(B, total, out.hidden.shape[-1])
@@ -289,12 +319,17 @@ def sample(
             if role == 0:
                 no_next_point = thr > maxima[0]
                 allowed[:, tokenizer.eos_id] = (n_points >= config.min_points) | no_next_point
-            logits = out.logits[:, -1].float().masked_fill(~allowed, float("-inf"))
+            if role_head:  # only the role's rows, back at their vocabulary ids
+                logits = torch.full((B, tokenizer.vocab_size), float("-inf"), device=device)
+                logits[:, rows[role]] = model.head_logits(out.hidden[:, -1], rows[role]).float()
+            else:
+                logits = out.logits[:, -1].float()
+            logits = logits.masked_fill(~allowed, float("-inf"))
             if config.temperature == 0:
                 nxt = logits.argmax(-1)
             else:
                 logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                nxt = draw_tokens(logits.softmax(-1), generator)
             nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_id), nxt)
             tokens[:, pos + 1] = nxt
             # ---- bookkeeping

@@ -134,8 +134,9 @@ def tiny_model(levels: int = 16, n_faces: int = 10) -> tuple[PointGenerator, Poi
 
 @pytest.mark.parametrize("window", [1000, 24, 13])
 def test_kv_cache_and_recompute_sample_the_same_tokens_and_states(window: int) -> None:
+    g = torch.Generator().manual_seed(0)
     model, tok = tiny_model()
-    cond = torch.randn(3, 5, 32)
+    cond = torch.randn(3, 5, 32, generator=g)
     outs = [sample(model, cond, tok, SamplingConfig(temperature=0, max_points=25, window=window, use_kv_cache=kv))
             for kv in (True, False)]
     assert torch.equal(outs[0].tokens, outs[1].tokens)
@@ -145,8 +146,9 @@ def test_kv_cache_and_recompute_sample_the_same_tokens_and_states(window: int) -
 
 def test_sliding_contexts_match_an_independent_reference_loop() -> None:
     """Greedy decoding with a 16-token window, recomputed here from the documented rule without the sampler."""
+    g = torch.Generator().manual_seed(0)
     model, tok = tiny_model()
-    cond = torch.randn(1, 5, 32)
+    cond = torch.randn(1, 5, 32, generator=g)
     window, keep = 16, 7
     config = SamplingConfig(temperature=0, max_points=12, min_points=12, enforce_order=False, window=window,
                             keep=keep)
@@ -169,8 +171,9 @@ def test_sliding_contexts_match_an_independent_reference_loop() -> None:
 
 
 def test_teacher_forcing_reproduces_the_sampled_logits_and_hidden_states() -> None:
+    g = torch.Generator().manual_seed(0)
     model, tok = tiny_model()
-    cond = torch.randn(2, 5, 32)
+    cond = torch.randn(2, 5, 32, generator=g)
     out = sample(model, cond, tok, SamplingConfig(temperature=0, max_points=20, min_points=20, window=20))
     forced = teacher_forced(model, cond, out.tokens, window=20)
     assert (forced.hidden[:, :-1] - out.hidden[:, :-1]).abs().max() <= 1e-5
@@ -179,8 +182,9 @@ def test_teacher_forcing_reproduces_the_sampled_logits_and_hidden_states() -> No
 
 
 def test_seeds_top_k_top_p_and_limits() -> None:
+    g = torch.Generator().manual_seed(0)
     model, tok = tiny_model()
-    cond = torch.randn(2, 5, 32)
+    cond = torch.randn(2, 5, 32, generator=g)
     def run(seed: int, **kw):
         return sample(model, cond, tok, SamplingConfig(**{"max_points": 15, **kw}), torch.Generator().manual_seed(seed))
 
@@ -205,8 +209,9 @@ def test_context_windows_cover_every_input_once_with_aligned_starts() -> None:
 
 
 def test_bad_configs_are_refused() -> None:
+    g = torch.Generator().manual_seed(0)
     model, tok = tiny_model()
-    cond = torch.randn(1, 5, 32)
+    cond = torch.randn(1, 5, 32, generator=g)
     for kw, msg in [({"temperature": -1}, "temperature"), ({"window": 4}, "window"), ({"top_p": 0}, "top_p"),
                     ({"max_points": 0}, "max_points"), ({"min_points": 5, "max_points": 3}, "min_points"),
                     ({"keep": 100, "window": 50}, "keep")]:
@@ -242,3 +247,61 @@ def test_bind_nearest_needs_face_centers() -> None:
         sample(model, torch.zeros(1, 2, 3), tok, SamplingConfig(bind_nearest=2))
     with pytest.raises(ValueError, match="bind_nearest must be >= 0"):
         SamplingConfig(bind_nearest=-1).validate()
+
+
+@pytest.mark.parametrize("kw", [
+    {"window": 24},  # sliding contexts with the KV cache
+    {"window": 1000, "use_kv_cache": False, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
+    {"window": 13, "temperature": 0.0, "enforce_order": False},
+], ids=["sliding-kv", "recompute-topk-topp", "greedy"])
+def test_the_role_head_samples_what_the_full_head_samples(kw) -> None:
+    """Same weights, same seed: computing only the slot's rows (role head) gives the same draws as full-vocabulary
+    logits under the grammar mask, and never evaluates the full output head."""
+    g = torch.Generator().manual_seed(0)
+    tok = PointTokenizer(BOUNDS, n_faces=10, levels=16)
+    torch.manual_seed(3)
+    full = PointGenerator(GeneratorConfig(n_layers=2, width=32, n_heads=4), tok.vocab_size).eval()
+    role = PointGenerator(GeneratorConfig(n_layers=2, width=32, n_heads=4, head="role"), tok.vocab_size).eval()
+    role.load_state_dict(full.state_dict())
+    calls = {"full": 0, "role": 0}
+    for name, model in (("full", full), ("role", role)):
+        model.head.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    cond = torch.randn(3, 5, 32, generator=g)
+    config = SamplingConfig(**{"max_points": 25, "min_points": 3, **kw})
+    a, b = (sample(m, cond, tok, config, torch.Generator().manual_seed(11)) for m in (full, role))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.lengths, b.lengths)
+    assert torch.equal(a.hidden, b.hidden)
+    assert a.n_points.min() > 1, a.n_points
+    assert calls["full"] > 0 and calls["role"] == 0
+
+
+def test_per_row_generators_make_each_cloud_independent_of_its_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    model, tok = tiny_model()
+    cond = torch.randn(3, 5, 32, generator=g)
+    config = SamplingConfig(temperature=1.0, max_points=12)
+
+    def rngs(seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batch = sample(model, cond, tok, config, rngs([7, 8, 9]))
+    for b, seed in enumerate((7, 8, 9)):
+        alone = sample(model, cond[b : b + 1], tok, config, rngs([seed]))
+        n = int(alone.lengths[0])
+        assert torch.equal(batch.tokens[b, :n], alone.tokens[0, :n]) and int(batch.lengths[b]) == n
+    swapped = sample(model, cond[[2, 0, 1]], tok, config, rngs([9, 7, 8]))
+    assert torch.equal(swapped.n_points, batch.n_points[[2, 0, 1]])
+    assert not torch.equal(batch.tokens[0], sample(model, cond, tok, config, rngs([1, 8, 9])).tokens[0])
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        sample(model, cond, tok, config, rngs([1, 2]))
+
+
+def test_per_row_draws_follow_the_distribution_and_never_pick_masked_tokens() -> None:
+    from avp.sampling import draw_tokens
+
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.8, 0.0]]).expand(4000, 5)
+    draws = draw_tokens(probs, [torch.Generator().manual_seed(i) for i in range(4000)])
+    assert set(draws.tolist()) <= {1, 3}
+    assert abs((draws == 3).float().mean().item() - 0.8) < 0.03  # 4000 draws: std 0.0063
+    edge = torch.tensor([[0.0, 1.0, 0.0]])
+    assert draw_tokens(edge, [torch.Generator().manual_seed(0)]).item() == 1

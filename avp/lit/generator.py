@@ -29,7 +29,7 @@ from avp.lit.optim import adamw_warmup_cosine
 from avp.metrics import PointCloudMetrics, batch_point_cloud_metrics
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.encoders import ConditionConfig
-from avp.models.generator import GeneratorConfig, training_windows
+from avp.models.generator import GeneratorConfig, role_cross_entropy, role_logits, training_windows
 from avp.models.tokenizer import ROLE_NAMES, PointTokenizer, TokenizerConfig
 from avp.sampling import SamplingConfig, context_windows
 from avp.types import AvatarBatch
@@ -150,6 +150,10 @@ class GeneratorModule(LightningModule):
             raise ValueError(
                 f"GeneratorModule: the shards were written for head model {shards_head!r} but the model uses "
                 f"{self.head_model.name!r}; set model.head to the head model of the data (or rebuild the shards)")
+        if stage == "fit":
+            from avp.lit.config_rules import check_generator_fit
+
+            check_generator_fit(self)  # settings that parse but make no sense to train (avp.lit.config_rules)
 
     # ----------------------------------------------------------------------------------------------- batches
     def _tokens_and_condition(self, batch: AvatarBatch) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,8 +165,14 @@ class GeneratorModule(LightningModule):
     def training_step(self, batch: AvatarBatch, batch_idx: int) -> Tensor:
         tokens, lengths, condition = self._tokens_and_condition(batch)
         inputs, targets, positions = training_windows(tokens, lengths, self.train_window, self.tokenizer.pad_id)
-        out = self.net(inputs, condition, positions)
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self.tokenizer.pad_id)
+        transformer, tok = self.net.transformer, self.tokenizer
+        if transformer.config.head == "role":  # softmax over each slot's role only, no [B, T, vocab] logits
+            out = transformer(inputs, condition, positions, return_logits=False)
+            loss = role_cross_entropy(out.hidden, transformer.head.weight, targets, positions, tok.levels, tok.n_faces,
+                                      tok.pad_id)
+        else:
+            out = self.net(inputs, condition, positions)
+            loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=tok.pad_id)
         B = tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log("train/tokens", (targets != self.tokenizer.pad_id).sum().float(), batch_size=B)
@@ -171,13 +181,33 @@ class GeneratorModule(LightningModule):
         return loss
 
     def validation_step(self, batch: AvatarBatch, batch_idx: int) -> None:
+        self._evaluation_step("val", batch, batch_idx)
+
+    def test_step(self, batch: AvatarBatch, batch_idx: int) -> None:
+        """``avp test``: the validation computations on the test split, logged as ``test/*``: teacher-forced loss and
+        per-role token accuracy, and cloud metrics (Chamfer, F-score, count ratio, binding agreement, finished
+        fraction) of clouds sampled with ``val_sampling`` for **every** test subject (limit them with
+        ``trainer.limit_test_batches``)."""
+        self._evaluation_step("test", batch, batch_idx)
+
+    def _evaluation_step(self, stage: str, batch: AvatarBatch, batch_idx: int) -> None:
         tokens, lengths, condition = self._tokens_and_condition(batch)
         pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         loss_sum = tokens.new_zeros((), dtype=torch.float32)
         hits = torch.zeros(5, device=tokens.device)
         counts = torch.zeros(5, device=tokens.device)  # x, y, z, b, eos
+        transformer, tok = self.net.transformer, self.tokenizer
         for start, first, last in context_windows(inputs.shape[1], self.train_window, self.val_sampling.keep):
+            if transformer.config.head == "role":  # logits per role group; accuracy = argmax within the role's set
+                positions = torch.arange(start, last + 1, device=tokens.device)
+                out = transformer(inputs[:, start : last + 1], condition, positions, return_logits=False)
+                groups = role_logits(out.hidden[:, first - start :], transformer.head.weight,
+                                     targets[:, first : last + 1], positions[first - start :], tok.levels,
+                                     tok.n_faces, pad)
+                group_loss, group_hits, group_counts = groups.token_stats()
+                loss_sum, hits, counts = loss_sum + group_loss, hits + group_hits, counts + group_counts
+                continue
             out = self.net(inputs[:, start : last + 1], condition, torch.arange(start, last + 1, device=tokens.device))
             logits = out.logits[:, first - start :].float()  # [B, T, V]
             target = targets[:, first : last + 1]
@@ -193,19 +223,31 @@ class GeneratorModule(LightningModule):
             counts[4] += sel.sum()
         n_tokens = int(counts.sum())
         B = tokens.shape[0]
-        self.log("val/loss", loss_sum / max(n_tokens, 1), batch_size=max(n_tokens, 1), sync_dist=True)
+        self.log(f"{stage}/loss", loss_sum / max(n_tokens, 1), batch_size=max(n_tokens, 1), sync_dist=True)
         for r, name in enumerate((*ROLE_NAMES, "eos")):  # every non-empty cloud has all five kinds of target
-            self.log(f"val/acc_{name}", hits[r] / counts[r].clamp(min=1), batch_size=max(int(counts[r]), 1),
+            self.log(f"{stage}/acc_{name}", hits[r] / counts[r].clamp(min=1), batch_size=max(int(counts[r]), 1),
                      sync_dist=True)
-        if self._sampling_epoch() and self._val_sampled < self.hparams.val_sample_subjects:
+        if stage == "test":  # every test subject
+            self._sample_and_score(batch, condition, B, batch_idx)
+        elif self._sampling_epoch() and self._val_sampled < self.hparams.val_sample_subjects:
             k = min(B, self.hparams.val_sample_subjects - self._val_sampled)
             self._sample_and_score(batch, condition[:k], k, batch_idx)
+
+    def predict_step(self, batch: AvatarBatch, batch_idx: int) -> list[Any]:
+        """``avp predict``: one cloud per subject of the predict split, sampled with ``val_sampling`` and ``seed``
+        (per subject: independent of batch size and ranks) -> :class:`avp.lit.predict.GeneratedCloud` (tokens,
+        points, binding); :class:`avp.lit.predict.PredictionWriter` writes ``points.ply`` + ``cloud.npz``."""
+        from avp.lit.predict import generator_predictions
+
+        return generator_predictions(self, batch)
 
     # ------------------------------------------------------------------------------------- validation sampling
     def _sampling_epoch(self) -> bool:
         every = self.hparams.val_sample_every_n_epochs
         if every <= 0 or self._trainer is None or self.trainer.sanity_checking:
             return False
+        if self.trainer.state.fn == "validate":
+            return True  # `avp validate` of a checkpoint: whatever epoch it stopped at
         return (self.current_epoch + 1) % every == 0
 
     def _sample_and_score(self, batch: AvatarBatch, condition: Tensor, k: int, batch_idx: int) -> None:
@@ -228,8 +270,16 @@ class GeneratorModule(LightningModule):
         self._val_figure_done = False
 
     def on_validation_epoch_end(self) -> None:
-        if not self._sampling_epoch():
-            return
+        if self._sampling_epoch():
+            self._log_cloud_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_cloud_metrics("test")
+
+    def _log_cloud_metrics(self, stage: str) -> None:
         # sums and counts reduced over ranks (every rank calls reduce, also one that sampled nothing)
         values = {
             "chamfer": [m.chamfer for m in self._val_metrics],
@@ -243,15 +293,16 @@ class GeneratorModule(LightningModule):
         stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         for (name, _), (total, count) in zip(values.items(), stats.tolist()):
             if count > 0:
-                self.log(f"val/{name}", total / count)  # already the same on every rank
+                self.log(f"{stage}/{name}", total / count)  # already the same on every rank
 
     def _log_figure(self, generated: Tensor, teacher: Tensor, subject: str) -> None:
         writers = [lg.experiment for lg in self.loggers if hasattr(lg.experiment, "add_figure")]
         if not writers:
             return
         figure = cloud_figure(generated.float().cpu(), teacher.float().cpu(), subject)
+        stage = "test" if self.trainer.testing else "val"
         for writer in writers:
-            writer.add_figure("val/clouds", figure, global_step=self.global_step, close=False)
+            writer.add_figure(f"{stage}/clouds", figure, global_step=self.global_step, close=False)
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

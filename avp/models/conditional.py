@@ -11,7 +11,7 @@ was trained with.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +82,7 @@ class ConditionalPointGenerator(nn.Module):
         return vertices[:, head.faces].mean(-2)  # [B, F, 3]
 
     def sample(self, condition: Tensor, config: SamplingConfig | None = None,
-               generator: torch.Generator | None = None,
+               generator: torch.Generator | Sequence[torch.Generator] | None = None,
                on_step: Callable[[int, int], None] | None = None, shape: Tensor | None = None) -> SampleOutput:
         """Sample one cloud per condition (see :func:`avp.sampling.sample`); ``shape [B, S]`` is the subjects'
         identity, needed when ``config.bind_nearest > 0``."""

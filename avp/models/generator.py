@@ -4,7 +4,8 @@ Per layer (pre-norm): causal self-attention (SDPA) with RoPE, cross-attention to
 token gets its token embedding plus a *role* embedding (x / y / z / b, or the BOS slot) derived from its absolute
 sequence position (BOS at 0, then ``x y z b`` repeating), so a window cut anywhere on a point boundary still knows
 which role each token plays, and RoPE makes attention depend only on distances: training windows and sampling use the
-same absolute positions (``input_pos``).
+same absolute positions (``input_pos``). The output head is the paper's softmax over the whole vocabulary, or with
+``GeneratorConfig.head = "role"`` a softmax over each slot's allowed tokens only (:func:`role_cross_entropy`).
 
 Decoding API (as litgpt's): ``set_kv_cache(batch_size, max_len)`` allocates per-layer caches, then
 ``forward(tokens, condition, input_pos)`` with consecutive positions appends to them (the condition's keys/values are
@@ -15,8 +16,10 @@ sampler's sliding window), ``clear_kv_cache()`` frees them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -26,6 +29,7 @@ from avp.models.tokenizer import PointTokenizer
 from avp.types import TensorContainer
 
 N_ROLES = 5  # x, y, z, b and the BOS slot
+HEADS = ("full", "role")
 
 
 @dataclass
@@ -46,6 +50,15 @@ class GeneratorConfig:
     """RoPE base; the longest wavelength is ``2 pi rope_base`` positions (keep it well above the window)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (long windows on one GPU: less memory, ~30% slower)."""
+    head: Literal["full", "role"] = "full"
+    """Output softmax. ``full`` (the paper's): over the whole vocabulary at every position. ``role`` (an extension of
+    ours): the same output matrix, but each slot's softmax runs only over the tokens its role allows: the ``L``
+    coordinate rows at slots whose next token is x, y or z (plus EOS where it is x: a point boundary), the ``F``
+    face rows at binding slots. Training (:func:`role_cross_entropy`) then never forms ``[B, T, vocab]`` logits (the
+    face rows, most of a small model's head, are evaluated at one slot in four) and sampling computes only the
+    slot's rows; the grammar mask sampling applies in either mode makes both modes sample from the softmax over the
+    allowed set. ``forward`` still returns full-vocabulary logits, meaningful in ``role`` mode only within each slot's
+    allowed set. Losses of the two modes are not comparable (``role`` normalises over fewer tokens)."""
 
 
 @dataclass
@@ -86,6 +99,8 @@ class PointGenerator(nn.Module):
         super().__init__()
         if vocab_size <= 4:
             raise ValueError(f"PointGenerator: vocab_size must exceed the specials, got {vocab_size}")
+        if config.head not in HEADS:
+            raise ValueError(f"PointGenerator: head must be one of {HEADS}, got {config.head!r}")
         if config.width % config.n_heads or (config.width // config.n_heads) % 2:
             raise ValueError(f"PointGenerator: width {config.width} is not divisible by n_heads {config.n_heads} into "
                              "an even head size (RoPE rotates channel pairs)")
@@ -182,36 +197,187 @@ class PointGenerator(nn.Module):
         logits = self.head(hidden) if return_logits else hidden.new_empty(B, T, 0)
         return GeneratorOutput(logits=logits, hidden=hidden)
 
+    def head_logits(self, hidden: Tensor, rows: Tensor | slice | None = None) -> Tensor:
+        """``hidden [..., D]`` -> output-head logits ``[..., R]`` for vocabulary ``rows`` only (None: all)."""
+        return F.linear(hidden, self.head.weight if rows is None else self.head.weight[rows])
+
     def point_features(self, hidden: Tensor, n_points: int | Tensor) -> Tensor:
         """``hidden [B, L, D]`` -> ``[B, N, 4, D]``; see :func:`point_features`."""
         return point_features(hidden, n_points)
 
 
+def role_rows(role: int, levels: int, n_faces: int, device: torch.device | str | None = None) -> Tensor | slice:
+    """Vocabulary rows a slot predicting ``role`` (0..3 = x, y, z, b) chooses from in ``role`` head mode.
+
+    ``x``: the ``levels`` coordinates then EOS (index tensor, EOS last); ``y``, ``z``: the coordinates (a slice);
+    ``b``: the ``n_faces`` face tokens (a slice). The order of the rows is the order of the restricted logits.
+    """
+    if role == 3:
+        return slice(levels, levels + n_faces)
+    if role == 0:
+        eos = levels + n_faces + 1
+        return torch.cat([torch.arange(levels, device=device), torch.tensor([eos], device=device)])
+    return slice(0, levels)
+
+
+@dataclass
+class RoleLogits:
+    """Next-token logits of a batch restricted to each slot's role (``GeneratorConfig.head = "role"``).
+
+    Slots with a PAD target are left out; the others are split into two groups, each computed with its own slice of
+    the output matrix. Targets are indices into the group's columns.
+    """
+
+    coord: Tensor
+    """``[Nc, L + 1]`` logits at coordinate slots over the ``L`` coordinates and EOS (last column; ``-inf`` at y and z
+    slots, where no point can end)."""
+    coord_target: Tensor
+    """``[Nc]`` long, ``0..L-1`` a coordinate, ``L`` EOS."""
+    coord_role: Tensor
+    """``[Nc]`` long, role of the predicted token: 0, 1, 2 for x, y, z."""
+    face: Tensor
+    """``[Nf, F]`` logits at binding slots over the faces."""
+    face_target: Tensor
+    """``[Nf]`` long face index."""
+
+    @property
+    def n_tokens(self) -> int:
+        return self.coord_target.shape[0] + self.face_target.shape[0]
+
+    def loss_sum(self) -> Tensor:
+        """Summed cross-entropy (float32) of both groups."""
+        return (F.cross_entropy(self.coord.float(), self.coord_target, reduction="sum")
+                + F.cross_entropy(self.face.float(), self.face_target, reduction="sum"))
+
+    def token_stats(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss_sum, hits [5], counts [5])`` for targets x, y, z, b, EOS; a hit is the argmax within the role's
+        allowed set (a y/z slot never picks EOS, a binding slot only faces)."""
+        device = self.coord.device
+        L = self.coord.shape[1] - 1
+        hits = torch.zeros(5, device=device)
+        counts = torch.zeros(5, device=device)
+        correct = self.coord.argmax(-1) == self.coord_target
+        eos = self.coord_target == L
+        for r in range(3):
+            sel = (self.coord_role == r) & ~eos
+            hits[r] += (correct & sel).sum()
+            counts[r] += sel.sum()
+        hits[3] += (self.face.argmax(-1) == self.face_target).sum()
+        counts[3] += self.face_target.shape[0]
+        hits[4] += (correct & eos).sum()
+        counts[4] += eos.sum()
+        return self.loss_sum(), hits, counts
+
+
+def role_logits(hidden: Tensor, weight: Tensor, targets: Tensor, positions: Tensor, levels: int, n_faces: int,
+                pad_id: int) -> RoleLogits:
+    """Split next-token prediction into coordinate and binding slots and compute each group's logits only over its
+    own rows of the output matrix (never ``[B, T, vocab]``).
+
+    Args:
+        hidden: ``[B, T, D]`` final hidden states (:class:`GeneratorOutput` ``hidden``).
+        weight: ``[vocab, D]`` output matrix (``PointGenerator.head.weight``).
+        targets: ``[B, T]`` next tokens (PAD: no target).
+        positions: ``[B, T]`` or ``[T]`` absolute positions of the inputs (BOS = 0); the target's role is that of
+            position + 1.
+        levels, n_faces, pad_id: the tokenizer's layout (coordinates ``0..L-1``, faces ``L..L+F-1``, BOS, EOS, PAD).
+
+    Raises ``ValueError`` for a target its slot cannot hold (e.g. a face token at a coordinate slot, EOS inside a
+    point): the sequences are not the tokenizer's.
+    """
+    L, Fn = levels, n_faces
+    eos = L + Fn + 1
+    if weight.shape[0] != L + Fn + 3:
+        raise ValueError(f"role_logits: weight has {weight.shape[0]} rows, the layout levels={L}, n_faces={Fn} "
+                         f"needs {L + Fn + 3}")
+    role = PointTokenizer.role_of_position(positions + 1).expand_as(targets)  # 0..3: role of the target
+    valid = targets != pad_id
+    coord_sel = valid & (role < 3)
+    face_sel = valid & (role == 3)
+    h_c, t_c, r_c = hidden[coord_sel], targets[coord_sel], role[coord_sel]
+    h_f, t_f = hidden[face_sel], targets[face_sel] - L
+    is_eos = t_c == eos
+    ok = bool(((t_c >= 0) & (t_c < L) | (is_eos & (r_c == 0))).all()) and bool(((t_f >= 0) & (t_f < Fn)).all())
+    if not ok:
+        raise ValueError("role_logits: a target does not fit its slot's role (coordinates at x/y/z slots, EOS only "
+                         "at x slots, faces at b slots); the sequences are not grammatical")
+    eos_logit = F.linear(h_c, weight[eos : eos + 1]).masked_fill((r_c != 0)[:, None], float("-inf"))
+    coord = torch.cat([F.linear(h_c, weight[:L]), eos_logit], dim=-1)  # [Nc, L + 1]
+    face = F.linear(h_f, weight[L : L + Fn])  # [Nf, F]
+    return RoleLogits(coord=coord, coord_target=torch.where(is_eos, L, t_c), coord_role=r_c, face=face,
+                      face_target=t_f)
+
+
+def role_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, positions: Tensor, levels: int,
+                       n_faces: int, pad_id: int, reduction: Literal["mean", "sum"] = "mean") -> Tensor:
+    """Next-token cross-entropy of the ``role`` head: at each slot the softmax over the tokens its role allows
+    (:func:`role_logits`; arguments as there), float32. ``mean`` averages over the non-PAD targets, like
+    ``F.cross_entropy(..., ignore_index=pad_id)`` does for the full head; ``sum`` adds them up."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"role_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
+    groups = role_logits(hidden, weight, targets, positions, levels, n_faces, pad_id)
+    total = groups.loss_sum()
+    return total if reduction == "sum" else total / groups.n_tokens
+
+
 def training_windows(tokens: Tensor, lengths: Tensor, window: int, pad_id: int,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Cut one random training window per sequence (truncated sliding-window training).
+    """Cut one random training window per sequence so that every target is trained equally often in expectation.
 
-    Each sequence of ``n = lengths_i - 1`` inputs that does not fit gets a window of ``window`` inputs starting at
-    position 0 (with BOS) or at a point boundary ``1 + 4k``, chosen uniformly among the starts whose window ends
-    within 3 tokens of the sequence's end (so EOS is trained too). A sequence that fits starts at 0: the window is
-    then the whole sequence (the same computation as a full forward).
+    A sequence of ``n = lengths_i - 1`` inputs that fits the window (``n <= W``) is trained whole (the same
+    computation as a full forward). A longer one is cut into the fewest consecutive *pieces* of at most ``W`` inputs
+    that begin at BOS or at point boundaries ``1 + 4k``: ``m`` pieces, the inner ones ``4 * (W // 4)`` inputs long,
+    the first (from BOS) and the last (through the last input, whose target is EOS) sharing the rest at a random
+    phase; one piece is drawn uniformly and its targets are trained. Whatever the cuts, every input position lies in
+    exactly one of the ``m`` pieces, so every target (BOS's target x1, every coordinate and binding, EOS) is trained
+    with probability exactly ``1 / m`` for every sequence length and every ``W`` (also ``W % 4 != 0``). For the
+    tokenizer's sequences (``n = 4N + 1``) and ``W % 4 == 0``, ``m = ceil(n / W)``, and no scheme of windows of ``W``
+    inputs trains more targets per window with equal coverage: positions ``0, W, 2W, …`` are pairwise too far apart
+    to share a window, so covering each with probability ``c`` needs ``ceil(n / W) c <= 1``. (``W % 4 != 0`` can
+    need one piece more, as inner pieces hold only ``4 * (W // 4)`` inputs.)
+
+    The window ends with the piece and starts at the earliest point boundary (or BOS) that keeps the piece within
+    ``W`` inputs: the inputs before the piece are context only (PAD targets), so the piece's first targets are
+    predicted with as much history as the window allows, as in sampling, at no extra cost. Inputs after the piece
+    (the next tokens of the sequence, EOS, PAD past its end) have PAD targets; causal attention keeps them from
+    influencing the piece. The random phase moves the cuts, so each position is trained with varying context.
 
     Args:
         tokens: ``[B, L]`` (``BOS … EOS PAD …``); lengths: ``[B]`` tokens up to EOS.
+        window: inputs per window (at least 4: one point).
+        generator: RNG for the phase and the piece (two uniforms per sequence; None: the global one).
 
     Returns:
         ``inputs [B, W]``, ``targets [B, W]`` (PAD where nothing is to be predicted) and absolute ``positions
-        [B, W]`` of the inputs (for the model's ``input_pos``), ``W = min(window, L - 1)``.
+        [B, W]`` of the inputs (for the model's ``input_pos``; consecutive from the window's start): ``inputs`` and
+        the non-PAD ``targets`` are the tokens at ``positions`` and ``positions + 1``, ``W = min(window, L - 1)``.
     """
+    if window < 4:
+        raise ValueError(f"training_windows: window must hold at least one point (4 tokens), got {window}")
     B, L = tokens.shape
     W = min(window, L - 1)
-    n_inputs = lengths - 1  # [B]
-    # starts 1 + 4k with 1 + 4k + W <= n + 3, plus the start 0; only sequences longer than the window slide
-    n_boundary = torch.where(n_inputs > W, torch.div(n_inputs + 2 - W, 4, rounding_mode="floor") + 1, 0)
-    u = torch.rand(B, generator=generator, device="cpu" if generator is None else generator.device)
-    choice = (u.to(tokens.device) * (n_boundary + 1)).floor().long().clamp(max=n_boundary)  # 0 .. n_boundary
-    starts = torch.where(choice == 0, 0, 1 + 4 * (choice - 1))  # [B]
+    device = tokens.device
+    n = lengths.to(device).long() - 1  # [B] inputs
+    slides = n > W
+    # cuts at positions 1 + 4 k_j, k_j = k_1 + (j - 1) G (j = 1 .. m - 1); first piece [0, 1 + 4 k_1) needs
+    # k_1 <= a, the last [1 + 4 k_{m-1}, n) needs k_{m-1} >= e (at most W inputs) and k_{m-1} <= (n - 2) // 4
+    G, a = W // 4, (W - 1) // 4
+    e = torch.div(n + 2 - W, 4, rounding_mode="floor")  # ceil((n - 1 - W) / 4)
+    m = 2 + torch.div(e - a + G - 1, G, rounding_mode="floor").clamp(min=0)  # fewest pieces
+    lo = (e - (m - 2) * G).clamp(min=0)
+    hi = torch.minimum(torch.full_like(n, a), torch.div(n - 2, 4, rounding_mode="floor") - (m - 2) * G)
+    u = torch.rand(2, B, generator=generator, device="cpu" if generator is None else generator.device).to(device)
+    k1 = lo + (u[0] * (hi - lo + 1)).long().clamp(max=(hi - lo).clamp(min=0))
+    piece = (u[1] * m).long().clamp(max=m - 1)  # 0 .. m - 1
+    start = torch.where(piece == 0, 0, 1 + 4 * (k1 + (piece - 1) * G))
+    end = torch.where(piece == m - 1, n, 1 + 4 * (k1 + piece * G))
+    start = torch.where(slides, start, 0)
+    end = torch.where(slides, end, n)
+    first = (end - W).clamp(min=0)  # the window: the earliest boundary (or BOS) with end - first <= W
+    first = torch.where(first > 0, 1 + 4 * torch.div(first + 2, 4, rounding_mode="floor"), 0)
     padded = torch.cat([tokens, tokens.new_full((B, W + 1), pad_id)], dim=1)
-    index = starts[:, None] + torch.arange(W + 1, device=tokens.device)  # [B, W + 1]
+    index = first[:, None] + torch.arange(W + 1, device=device)  # [B, W + 1]
     win = torch.gather(padded, 1, index)
-    return win[:, :-1], win[:, 1:], index[:, :-1]
+    pos = index[:, :-1]
+    targets = torch.where((pos >= start[:, None]) & (pos < end[:, None]), win[:, 1:], pad_id)
+    return win[:, :-1], targets, pos
