@@ -18,7 +18,11 @@ Where the points come from is the ``points`` switch (``eval_points`` for validat
 teacher cloud, the paper's training), ``generated`` (sampled by :mod:`avp.sampling` from the portrait, features from
 the same forward: the full pipeline), ``template`` (a fixed set of points on the subject's neutral head-model
 surface, the paper's "FLAME position" ablation; they go through the generator teacher-forced like teacher points,
-so only their positions differ).
+so only their positions differ). For training only, ``generated_bank`` trains on what ``generated`` tests: clouds
+sampled once per training subject from the frozen generator and cached on disk next to the run
+(:class:`~avp.point_bank.PointBank`, keyed by the generator's weights and the sampling settings), their features
+recomputed teacher-forced from the stored tokens; ``points_mix`` replaces each sample's bank cloud by its teacher
+cloud with that probability.
 
 Checkpoints are self-contained: the frozen generator's weights are part of this module's state and its
 hyper-parameters are stored under ``generator_hparams``, so ``load_from_checkpoint`` never needs the generator file.
@@ -31,7 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,12 +54,18 @@ from avp.lit.optim import adamw_warmup_cosine
 from avp.losses import LossTerms, LossWeights, RegConfig, total_loss
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.decoder import DecoderConfig, DecoderOutput, GaussianDecoder
+from avp.models.pixel_aligned import pixel_features
+from avp.point_bank import BankEntry, PointBank, bank_key, sample_entries, state_digest, subject_seed
 from avp.render import render
 from avp.sampling import SamplingConfig
 from avp.types import AvatarBatch, Cameras, GaussianCloud, HeadParams, TensorContainer
 
 PointSource = Literal["teacher", "generated", "template"]
 POINT_SOURCES = ("teacher", "generated", "template")
+TrainPointSource = Literal["teacher", "generated", "template", "generated_bank"]
+TRAIN_POINT_SOURCES = (*POINT_SOURCES, "generated_bank")
+"""``generated_bank``: clouds sampled once per training subject from the frozen generator and cached on disk
+(:mod:`avp.point_bank`), training only."""
 ANIMATION_MODES = ("lbs", "face_frame")
 
 
@@ -100,6 +110,8 @@ class PointInputs(TensorContainer):
     """``[B]`` bool (False: sampling stopped at ``max_points``)."""
     rig: PointRig
     """The points bound to the head model."""
+    pixel: Tensor | None = None
+    """``[B, N, C]`` portrait colours where each point projects (decoder ``appearance: pixel``), else None."""
 
 
 def _as_dict(config: Any) -> dict[str, Any]:
@@ -200,8 +212,21 @@ class DecoderModule(LightningModule):
         reg: :class:`~avp.losses.RegConfig` (offset and scale regularisers).
         head: the head model that animates the splats; None uses the generator checkpoint's head config. A head
             model other than the generator's (name, faces) is an error.
-        points: training points: ``teacher`` | ``generated`` | ``template``.
-        eval_points: validation/test points (None: as ``points``); ``generated`` evaluates the full pipeline.
+        points: training points: ``teacher`` | ``generated`` | ``template`` | ``generated_bank`` (clouds sampled
+            once per training subject and cached: see :mod:`avp.point_bank`).
+        eval_points: validation/test points (None: as ``points``, ``generated`` for ``generated_bank``);
+            ``generated`` evaluates the full pipeline.
+        points_mix: with ``points: generated_bank``, the probability per sample of training on its teacher cloud
+            instead of a bank cloud (0: bank clouds only).
+        bank_dir: folder of the generated-points bank (None: ``<logger root>/point_bank``, the logger's
+            ``save_dir/name`` shared by its versions, else ``<trainer.default_root_dir>/point_bank``); the clouds
+            live in a subfolder named by a digest of the generator's weights, ``sampling``, ``bank_seed`` and
+            ``bank_samples``, so a re-run reuses them and another generator or sampling setting samples afresh.
+        bank_samples: clouds per training subject in the bank (one is drawn per step).
+        bank_seed: seed of the bank (each subject's sampling is seeded from it and the subject id).
+        bank_fill_batch: when fitting with ``points: generated_bank`` starts, sample every training subject missing
+            from the bank, this many subjects per batched call (ranks split the subjects and meet at a barrier);
+            0 samples subjects one at a time when a batch first needs them.
         template_points: number of template points (``points: template``).
         template_seed: seed of the template set.
         animation: ``lbs`` (paper) or ``face_frame`` (GaussianAvatars' rigid triangle frames).
@@ -225,8 +250,13 @@ class DecoderModule(LightningModule):
         loss: LossWeights = LossWeights(),  # noqa: B008
         reg: RegConfig = RegConfig(),  # noqa: B008
         head: HeadConfig | None = None,
-        points: PointSource = "teacher",
+        points: TrainPointSource = "teacher",
         eval_points: PointSource | None = None,
+        points_mix: float = 0.0,
+        bank_dir: str | None = None,
+        bank_samples: int = 1,
+        bank_seed: int = 0,
+        bank_fill_batch: int = 16,
         template_points: int = 4096,
         template_seed: int = 0,
         animation: Literal["lbs", "face_frame"] = "lbs",
@@ -249,9 +279,19 @@ class DecoderModule(LightningModule):
         reg_cfg = as_config(RegConfig, reg)
         head_cfg = None if head is None else as_config(HeadConfig, head)
         sampling_cfg = as_config(SamplingConfig, sampling)
-        for name, value in (("points", points), ("eval_points", eval_points or points)):
-            if value not in POINT_SOURCES:
-                raise ValueError(f"DecoderModule: {name} must be one of {POINT_SOURCES}, got {value!r}")
+        if points not in TRAIN_POINT_SOURCES:
+            raise ValueError(f"DecoderModule: points must be one of {TRAIN_POINT_SOURCES}, got {points!r}")
+        if eval_points is not None and eval_points not in POINT_SOURCES:
+            hint = (" (the bank holds clouds of the training subjects; evaluate with 'generated')"
+                    if eval_points == "generated_bank" else "")
+            raise ValueError(f"DecoderModule: eval_points must be one of {POINT_SOURCES}, got {eval_points!r}{hint}")
+        if not 0.0 <= points_mix <= 1.0:
+            raise ValueError(f"DecoderModule: points_mix must be in [0, 1], got {points_mix}")
+        if points_mix > 0 and points != "generated_bank":
+            raise ValueError(f"DecoderModule: points_mix mixes teacher clouds into bank clouds and needs "
+                             f"points: generated_bank, got points: {points!r}")
+        if bank_samples < 1:
+            raise ValueError(f"DecoderModule: bank_samples must be >= 1, got {bank_samples}")
         if animation not in ANIMATION_MODES:
             raise ValueError(f"DecoderModule: animation must be one of {ANIMATION_MODES}, got {animation!r}")
         if min(loss_cfg.l1, loss_cfg.ssim, loss_cfg.lpips, loss_cfg.reg) < 0:
@@ -295,7 +335,9 @@ class DecoderModule(LightningModule):
                                        condition_dim=width)
         self.loss_weights, self.reg_config = loss_cfg, reg_cfg
         self.points_source: str = points
-        self.eval_points_source: str = eval_points or points
+        self.eval_points_source: str = eval_points or ("generated" if points == "generated_bank" else points)
+        self.points_mix = float(points_mix)
+        self._bank: PointBank | None = None  # built on first use (needs the trainer's folders)
         self.animation: str = animation
         self.render_backend: str = render_backend
         face_idx, bary = template_binding(self.head_model, template_points, template_seed)
@@ -322,7 +364,8 @@ class DecoderModule(LightningModule):
             "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "generator_ckpt": generator_ckpt, "decoder": _as_dict(dec_cfg), "loss": _as_dict(loss_cfg),
             "reg": _as_dict(reg_cfg), "head": None if head_cfg is None else _as_dict(head_cfg), "points": points,
-            "eval_points": eval_points, "template_points": template_points, "template_seed": template_seed,
+            "eval_points": eval_points, "points_mix": points_mix, "bank_dir": bank_dir, "bank_samples": bank_samples,
+            "bank_seed": bank_seed, "bank_fill_batch": bank_fill_batch, "template_points": template_points, "template_seed": template_seed,
             "animation": animation, "sampling": _as_dict(sampling_cfg), "feature_window": feature_window,
             "lpips_net": lpips_net, "lpips_weights_path": lpips_weights_path, "render_backend": render_backend,
             "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas), "warmup_steps": warmup_steps,
@@ -353,6 +396,9 @@ class DecoderModule(LightningModule):
                              f"generator and decoder use {self.head_model.name!r}; train on data of the same head "
                              "model")
         if stage == "fit":
+            from avp.lit.config_rules import check_decoder_fit
+
+            check_decoder_fit(self, datamodule)  # settings that parse but make no sense to train
             self._load_lpips_for_loss()
 
     def _load_lpips_for_loss(self) -> None:
@@ -405,6 +451,157 @@ class DecoderModule(LightningModule):
         means = template_points(self.head_model, face_idx, self.template_bary.to(shape.device), shape)
         return means, face_idx[None].expand(shape.shape[0], -1)
 
+    # ------------------------------------------------------------------------------------- generated-points bank
+    def bank_root(self) -> Path:
+        """The bank's parent folder: ``bank_dir``, else ``<logger root>/point_bank`` (the logger's ``save_dir/name``:
+        the same on every rank and for every version of the experiment), else ``<default_root_dir>/point_bank``."""
+        if self.hparams.bank_dir is not None:
+            return Path(self.hparams.bank_dir)
+        if self._trainer is None:
+            raise ValueError("DecoderModule: points: generated_bank outside a Trainer needs model.bank_dir (the "
+                             "folder of the generated-points bank)")
+        logger = self.trainer.logger
+        root = getattr(logger, "root_dir", None) if logger is not None else None
+        return Path(root or self.trainer.default_root_dir) / "point_bank"
+
+    @property
+    def point_bank(self) -> PointBank:
+        """The generated-points bank of this frozen generator and sampling (made on first use; the key digests the
+        generator's weights, so it is computed once)."""
+        if self._bank is None:
+            hp = self.hparams
+            extra = {"tokenizer": dict(hp.generator_hparams.get("tokenizer") or {}),
+                     "head_model": self.head_model.name}
+            key, meta = bank_key(state_digest(self.generator.state_dict()), self.sampling, hp.bank_seed,
+                                 hp.bank_samples, extra)
+            self._bank = PointBank(self.bank_root(), key, meta, hp.bank_samples)
+        return self._bank
+
+    @torch.no_grad()
+    def bank_entries(self, subjects: list[str], portrait: Tensor, portrait_head: HeadParams,
+                     shape: Tensor) -> list[BankEntry]:
+        """The bank's clouds of ``subjects`` (portraits ``[B, 3, H, W]``, their head parameters ``[B]``, identities
+        ``[B, S]``); subjects not in the bank yet are sampled now (``bank_samples`` clouds each in one call, cloud
+        ``k`` seeded by ``subject_seed(bank_seed, subject) + k``: what :meth:`fill_bank` stores) and stored. A new subject's condition is encoded alone: the mesh
+        condition's eval-mode surface sampling draws ``[B, n]`` points from one seeded generator, so a subject's
+        condition (and clouds) would otherwise depend on its batch-mates."""
+        bank = self.point_bank
+        seed = self.hparams.bank_seed
+
+        def build(i: int, subject: str) -> BankEntry:
+            one = slice(i, i + 1)
+            condition = self.encode_condition(portrait[one], portrait_head.map(lambda t: t[one]))
+            return sample_entries(self.generator, condition, shape[one], self.sampling, bank.samples,
+                                  [subject_seed(seed, subject)])[0]
+
+        return bank.get(subjects, build)
+
+    @torch.no_grad()
+    def fill_bank(self, samples: Iterable[Any], total: int | None = None, rank: int = 0, world_size: int = 1) -> int:
+        """Sample the bank's clouds of every subject in ``samples`` (decoded shard samples: ``meta``, ``portrait``,
+        ``portrait_head``, ``head``) that it lacks, ``bank_fill_batch`` subjects per batched call; subject ``i`` is
+        this rank's when ``i % world_size == rank``. Returns how many subjects this rank sampled."""
+        from tqdm import tqdm
+
+        bank, device = self.point_bank, self.template_bary.device
+        seed = self.hparams.bank_seed
+        batch_size = max(int(self.hparams.bank_fill_batch), 1)
+        bar = tqdm(total=total, desc="point bank", unit="subject", disable=rank != 0)
+        todo: list[Any] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            if not todo:
+                return
+            conditions, shapes = [], []
+            for sample in todo:  # each condition alone (see bank_entries)
+                portrait = torch.from_numpy(sample.portrait.copy()).permute(2, 0, 1)[None].float().div(255)
+                head = HeadParams.from_dict({k: torch.as_tensor(v)[None] for k, v in sample.portrait_head.items()})
+                conditions.append(self.encode_condition(portrait.to(device), head.to(device)))
+                shapes.append(torch.as_tensor(sample.head["shape"], dtype=torch.float32)[None])
+            subjects = [sample.meta["subject"] for sample in todo]
+            entries = sample_entries(self.generator, torch.cat(conditions), torch.cat(shapes).to(device),
+                                     self.sampling, bank.samples, [subject_seed(seed, s) for s in subjects])
+            for subject, entry in zip(subjects, entries):
+                bank.put(subject, entry)
+            done += len(todo)
+            todo.clear()
+
+        for i, sample in enumerate(samples):
+            bar.update(1)
+            if i % world_size != rank or not bank.missing([sample.meta["subject"]]):
+                continue
+            todo.append(sample)
+            if len(todo) == batch_size:
+                flush()
+        flush()
+        bar.close()
+        return done
+
+    def on_fit_start(self) -> None:
+        if self.points_source != "generated_bank" or self.hparams.bank_fill_batch <= 0:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "shards"):
+            return  # no shard list to walk: subjects are sampled as batches first need them
+        from avp.data.reader import count_samples, iter_raw_samples
+        from avp.data.schema import decode_sample
+
+        refs = datamodule.shards("train")
+        samples = (decode_sample(raw, shard=ref.name, decode_frames=False) for ref in refs
+                   for raw in iter_raw_samples(ref))
+        self.fill_bank(samples, total=sum(count_samples(ref) for ref in refs), rank=self.global_rank,
+                       world_size=self.trainer.world_size)
+        self.trainer.strategy.barrier("point_bank")  # every rank, unconditionally: the bank is complete after it
+
+    @torch.no_grad()
+    def prepare_bank(self, batch: AvatarBatch, use_teacher: Tensor | None = None,
+                     draw: Tensor | None = None) -> PointInputs:
+        """:meth:`prepare` with the bank's clouds of the batch's subjects (``points: generated_bank``).
+
+        Features are the frozen generator's teacher-forced hidden states of the stored tokens (what sampling
+        computed for them). ``use_teacher [B]`` bool: rows that take the teacher cloud instead (default: each with
+        probability ``points_mix``); ``draw [B]`` long: which of the ``bank_samples`` clouds each row takes
+        (default: uniform). Both defaults draw from the global RNG (seeded by ``seed_everything``).
+        """
+        shape = batch.head.shape[:, 0] if batch.head.shape.ndim == 3 else batch.head.shape
+        portrait = batch.portrait
+        device, B = portrait.device, portrait.shape[0]
+        condition = self.encode_condition(portrait, batch.portrait_head)
+        entries = self.bank_entries(list(batch.subject), portrait, batch.portrait_head, shape)
+        if use_teacher is None:  # (no draw when there is nothing to choose: the global RNG stream is left alone)
+            use_teacher = torch.rand(B) < self.points_mix if self.points_mix > 0 else torch.zeros(B, dtype=torch.bool)
+        if draw is None:
+            K = self.point_bank.samples
+            draw = torch.randint(K, (B,)) if K > 1 else torch.zeros(B, dtype=torch.long)
+        tok = self.tokenizer
+        teacher_mask = batch.teacher.valid_mask()
+        seqs, finished = [], []
+        for i, entry in enumerate(entries):
+            if bool(use_teacher[i]):
+                t, n = self.generator.teacher_tokens(batch.teacher.means[i : i + 1], batch.binding[i : i + 1],
+                                                     teacher_mask[i : i + 1])
+                seqs.append(t[0, : int(n[0])])
+                finished.append(True)
+            else:
+                k = int(draw[i])
+                # EOS closes clouds that stopped at max_points too: causal, so no point's features see it
+                seqs.append(torch.cat([entry.body(k).to(device), torch.tensor([tok.eos_id], device=device)]))
+                finished.append(bool(entry.finished[k]))
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=device)
+        tokens = torch.full((B, int(lengths.max())), tok.pad_id, dtype=torch.long, device=device)
+        for i, s in enumerate(seqs):
+            tokens[i, : len(s)] = s
+        pts, bind, mask, n_points = self._rows_to_points(tokens, lengths)
+        features = self.generator.teacher_features(condition, tokens, lengths, self.feature_window,
+                                                   self.sampling.keep)
+        pts = pts.float()
+        rig = self.head_model.rig(bind, pts, shape.to(pts.dtype))
+        pixel = self._pixel_features(portrait, batch.portrait_head, batch.extras.get("portrait_cameras"), rig, mask)
+        return PointInputs(points=pts, binding=bind, mask=mask, n_points=n_points, features=features,
+                           condition=condition, finished=torch.tensor(finished, device=device), rig=rig, pixel=pixel)
+
     @torch.no_grad()
     def encode_condition(self, portrait: Tensor, portrait_head: HeadParams) -> Tensor:
         """Condition tokens ``[B, C, D]`` of the frozen generator (portrait ``[B, 3, H, W]`` + its head fit)."""
@@ -415,7 +612,8 @@ class DecoderModule(LightningModule):
                 teacher_means: Tensor | None = None, teacher_binding: Tensor | None = None,
                 teacher_mask: Tensor | None = None, shape: Tensor | None = None,
                 sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
-                on_step: Callable[[int, int], None] | None = None) -> PointInputs:
+                on_step: Callable[[int, int], None] | None = None,
+                portrait_camera: Cameras | None = None) -> PointInputs:
         """Everything the decoder consumes, from the frozen parts (no gradients): points, their hidden states, the
         condition tokens and the rig.
 
@@ -427,6 +625,8 @@ class DecoderModule(LightningModule):
             sampling: overrides of :attr:`sampling` for ``generated`` (its window is the feature window).
             generator: RNG of the sampling (on the portrait's device).
             on_step: progress of the sampling, ``on_step(position, max_position)`` (see :func:`avp.sampling.sample`).
+            portrait_camera: the portrait's camera (``Ks [B, 1, 3, 3]`` or ``[B, 3, 3]``); required when the decoder's
+                ``appearance`` is ``pixel``.
         """
         if points not in POINT_SOURCES:
             raise ValueError(f"DecoderModule: points must be one of {POINT_SOURCES}, got {points!r}")
@@ -453,12 +653,30 @@ class DecoderModule(LightningModule):
                              "sampling.min_points")
         pts = pts.float()
         rig = self.head_model.rig(bind, pts, shape.to(pts.dtype))
+        pixel = self._pixel_features(portrait, portrait_head, portrait_camera, rig, mask)
         return PointInputs(points=pts, binding=bind, mask=mask, n_points=n_points, features=features,
-                           condition=condition, finished=finished, rig=rig)
+                           condition=condition, finished=finished, rig=rig, pixel=pixel)
+
+    def _pixel_features(self, portrait: Tensor, portrait_head: HeadParams, portrait_camera: Cameras | None,
+                        rig: PointRig, mask: Tensor) -> Tensor | None:
+        """The portrait's colours at the points posed as in the portrait (``appearance: pixel``), else None."""
+        config = self.decoder.config
+        if config.appearance != "pixel":
+            return None
+        if portrait_camera is None:
+            raise ValueError("DecoderModule: decoder.appearance 'pixel' needs the portrait's camera (portrait_camera); "
+                             "shards carry it in portrait_camera.npz, a photo gets it from its head fit")
+        B = portrait.shape[0]
+        head = portrait_head.map(lambda t: t[:, None].to(rig.points.dtype))  # [B, 1]: one frame, the portrait's
+        posed = rig.deform(head, mode=self.animation).means[:, 0]  # [B, N, 3]
+        Ks = portrait_camera.Ks.reshape(B, 3, 3).to(posed)
+        viewmats = portrait_camera.viewmats.reshape(B, 4, 4).to(posed)
+        return pixel_features(portrait, posed, mask, Ks, viewmats, levels=config.pixel_levels)
 
     def decode_prepared(self, inputs: PointInputs) -> tuple[DecoderOutput, DecodedAvatar]:
         """The decoder on prepared inputs (gradients flow into the decoder only)."""
-        dec = self.decoder(inputs.points, inputs.features.to(inputs.points.dtype), inputs.mask, inputs.condition)
+        dec = self.decoder(inputs.points, inputs.features.to(inputs.points.dtype), inputs.mask, inputs.condition,
+                           inputs.pixel)
         avatar = DecodedAvatar(cloud=dec.cloud, binding=inputs.binding, rig=inputs.rig, points=inputs.points,
                                offsets=dec.offsets, n_points=inputs.n_points, finished=inputs.finished)
         return dec, avatar
@@ -469,13 +687,16 @@ class DecoderModule(LightningModule):
         :meth:`decode_prepared`."""
         return self.decode_prepared(self.prepare(portrait, portrait_head, **kwargs))
 
-    def prepare_batch(self, batch: AvatarBatch, points: PointSource,
+    def prepare_batch(self, batch: AvatarBatch, points: TrainPointSource,
                       generator: torch.Generator | None = None) -> PointInputs:
-        """:meth:`prepare` for an :class:`AvatarBatch` (the subject's shape from ``batch.head``)."""
+        """:meth:`prepare` for an :class:`AvatarBatch` (the subject's shape from ``batch.head``); ``generated_bank``:
+        :meth:`prepare_bank`."""
+        if points == "generated_bank":
+            return self.prepare_bank(batch)
         shape = batch.head.shape[:, 0] if batch.head.shape.ndim == 3 else batch.head.shape
         return self.prepare(batch.portrait, batch.portrait_head, points=points, teacher_means=batch.teacher.means,
                             teacher_binding=batch.binding, teacher_mask=batch.teacher.valid_mask(), shape=shape,
-                            generator=generator)
+                            generator=generator, portrait_camera=batch.extras.get("portrait_cameras"))
 
     def decode_batch(self, batch: AvatarBatch, points: PointSource,
                      generator: torch.Generator | None = None) -> tuple[DecoderOutput, DecodedAvatar]:
@@ -607,8 +828,14 @@ class DecoderModule(LightningModule):
             self._keep_visuals(stage, rgb, target)
 
     def _evaluation_epoch_end(self, stage: str) -> None:
-        for name, metric in self._stage_metrics(stage).items():
-            if metric.update_count == 0:
+        metrics = self._stage_metrics(stage)
+        # compute() syncs over ranks (a collective): whether a metric saw images is decided over all ranks, never per
+        # rank (shards where only some clips carry masks would otherwise leave one rank waiting in compute)
+        seen = torch.tensor([float(m.update_count) for m in metrics.values()], device=self.device)
+        if self._trainer is not None:
+            seen = self.trainer.strategy.reduce(seen, reduce_op="sum")
+        for (name, metric), count in zip(metrics.items(), seen.tolist()):
+            if count == 0:
                 continue  # e.g. masked metrics on shards without masks
             value = metric.compute()
             metric.reset()
@@ -632,6 +859,15 @@ class DecoderModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._evaluation_epoch_end("test")
+
+    def predict_step(self, batch: AvatarBatch, batch_idx: int) -> list[Any]:
+        """``avp predict``: one avatar per subject of the predict split from its portrait, on ``eval_points`` when set,
+        else on ``generated`` points (as ``avp avatarize``), sampled per subject with ``seed`` ->
+        :class:`avp.lit.predict.PredictedAvatar`; :class:`avp.lit.predict.PredictionWriter` writes the exports of
+        ``avp avatarize`` (``avatar/``, GaussianAvatars ``point_cloud.ply`` + ``flame_param.npz``, world-space ply)."""
+        from avp.lit.predict import decoder_predictions
+
+        return decoder_predictions(self, batch)
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
