@@ -11,10 +11,12 @@ EXTRAS ?= dev,face,video,slurm,eval
 PYTEST_ARGS ?=
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_OUT ?= demo
+BENCHMARK_CONFIG ?= configs/benchmark.yaml
+BENCHMARK_OUT ?= benchmark
 RUNS ?= runs
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-all test-gpu demo lint format bench tb clean
+.PHONY: help install test test-all test-gpu demo benchmark lint format bench tb clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "usage: make TARGET [VAR=value]\n\ntargets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +44,9 @@ test-gpu: $(STAMP) ## the GPU-marked tests (needs CUDA)
 
 demo: $(STAMP) ## the whole pipeline at toy scale on the CPU; outputs under DEMO_OUT
 	$(BIN)/avp demo --config $(DEMO_CONFIG) --out $(DEMO_OUT)
+
+benchmark: $(STAMP) ## the ablation rows over seeds (toy scale, CPU); results into docs/benchmark/
+	$(BIN)/avp benchmark --config $(BENCHMARK_CONFIG) --out $(BENCHMARK_OUT) --docs docs/benchmark
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check avp tests datasets experiments

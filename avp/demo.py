@@ -137,8 +137,10 @@ def config_from_namespace(args: Any) -> DemoConfig:
 
 
 class Demo:
-    def __init__(self, config: DemoConfig, out: Path, python: str) -> None:
-        self.config, self.out, self.python = config, out, python
+    def __init__(self, config: DemoConfig, out: Path, python: str, in_process: bool = False) -> None:
+        """``in_process``: run the ``avp`` steps in this process instead of ``python -m avp.cli`` subprocesses (the
+        seconds-sized test runs; a real run keeps each step in its own process and thread setting)."""
+        self.config, self.out, self.python, self.in_process = config, out, python, in_process
         self.timings: dict[str, float] = {}
         self.done_dir = out / ".done"
 
@@ -158,9 +160,18 @@ class Demo:
         """Run ``python -m avp.cli ARGS``, streaming its output; fail loudly with the command on error."""
         command = [self.python, "-m", "avp.cli", *args]
         print(f"\n==> {title}\n    $ avp {' '.join(args)}", flush=True)
-        proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(self.config.threads)}, cwd=Path.cwd())
-        if proc.returncode != 0:
-            raise RuntimeError(f"avp demo: step '{title}' failed (exit {proc.returncode}): avp {' '.join(args)}")
+        if self.in_process:
+            from avp.cli import main as avp_main
+
+            try:
+                code = avp_main(args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+        else:
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.config.threads)}
+            code = subprocess.run(command, env=env, cwd=Path.cwd()).returncode
+        if code != 0:
+            raise RuntimeError(f"avp demo: step '{title}' failed (exit {code}): avp {' '.join(args)}")
 
     def _step(self, name: str, title: str, payload: Any, fn: Any) -> None:
         if self._finished(name, payload):

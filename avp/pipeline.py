@@ -416,8 +416,9 @@ class AvatarPipeline:
             bar = tqdm(total=4 * sampling.max_points + 1, desc="sampling points", unit="tok",
                        disable=not progress or points != "generated")
             try:
+                camera = None if portrait.camera is None else portrait.camera.to(self.device)
                 inputs = m.prepare(pimg, phead, points=points, sampling=sampling, generator=generator,
-                                   on_step=lambda pos, last: bar.update(pos + 1 - bar.n))
+                                   on_step=lambda pos, last: bar.update(pos + 1 - bar.n), portrait_camera=camera)
             finally:
                 bar.close()
             _, decoded = m.decode_prepared(inputs)

@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator checkpoint; checked to be the decoder's frozen generator and recorded (optional)")
     p.add_argument("--template-decoder", default=None,
                    help="decoder checkpoint trained with points: template (the baseline row)")
-    p.add_argument("--points", nargs="+", choices=("generated", "teacher", "none"), default=["generated"],
+    p.add_argument("--points", nargs="+", choices=("generated", "teacher", "resampled", "none"), default=["generated"],
                    help="full-model rows: generated (the method; default) and/or teacher (teacher points, which "
-                        "separates generator from decoder error); none: only the reference rows")
+                        "separates generator from decoder error) and/or resampled (a new surface sampling of a "
+                        "synthetic subject's teacher: what a perfect generator could give); none: only the "
+                        "reference rows")
     p.add_argument("--no-teacher", action="store_true",
                    help="leave out the teacher-fit row (recorded as the override reference.teacher=false)")
     p.add_argument("--data", default=None, help="dataset root (folder with shards.json); default: the protocol's "

@@ -73,6 +73,7 @@ RUN_SCHEMA = 1
 METHOD_LABELS = {
     "generated": "AVP (generated points)",
     "teacher_points": "AVP (teacher points)",
+    "resampled_teacher": "AVP (resampled teacher points)",
     "template": "Template points (FLAME position)",
     "teacher": "Teacher fit (upper bound)",
 }
@@ -114,11 +115,17 @@ class SourceClip:
     """``[1, N]`` the teacher fit in canonical space."""
     binding: Tensor
     """``[1, N]`` long faces of the teacher points."""
+    portrait_camera: Cameras | None = None
+    """The portrait's camera (``Ks [1, 1, 3, 3]``), for decoders that sample the portrait where points project."""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The sample's ``meta.json`` (a synthetic subject's teacher can be resampled from it)."""
 
     def to(self, device: torch.device) -> SourceClip:
         return dataclasses.replace(self, portrait=self.portrait.to(device), portrait_head=self.portrait_head.to(device),
                                    shape=self.shape.to(device), teacher=self.teacher.to(device),
-                                   binding=self.binding.to(device))
+                                   binding=self.binding.to(device),
+                                   portrait_camera=None if self.portrait_camera is None
+                                   else self.portrait_camera.to(device))
 
 
 @dataclass
@@ -233,6 +240,10 @@ def source_from_sample(sample: Any) -> SourceClip:
         shape=torch.from_numpy(np.asarray(sample.head["shape"])).float()[None],
         teacher=teacher_cloud(sample.gaussians),
         binding=torch.from_numpy(sample.gaussians.binding.astype(np.int64))[None],
+        portrait_camera=Cameras(Ks=torch.from_numpy(sample.portrait_camera.Ks)[None],
+                                viewmats=torch.from_numpy(sample.portrait_camera.viewmats)[None],
+                                width=sample.portrait_camera.width, height=sample.portrait_camera.height),
+        meta=meta,
     )
 
 
@@ -313,11 +324,21 @@ class DecoderMethod(Method):
         device = source.portrait.device
         generator = torch.Generator(device=device).manual_seed(seed) if self.points == "generated" else None
         shape = source.shape if self.rig_identity == "clip" else source.portrait_head.shape
+        teacher, binding = source.teacher, source.binding
+        if self.points == "resampled":
+            from avp.data.schema import teacher_cloud
+            from avp.data.synthetic.generate import resample_teacher
+
+            resampled = resample_teacher(source.meta, self.module.head_model)
+            teacher = teacher_cloud(resampled).to(device)
+            binding = torch.from_numpy(resampled.binding.astype(np.int64))[None].to(device)
         with torch.no_grad():
-            inputs = self.module.prepare(source.portrait[None], source.portrait_head, points=self.points,
-                                         teacher_means=source.teacher.means, teacher_binding=source.binding,
-                                         teacher_mask=source.teacher.valid_mask(), shape=shape,
-                                         sampling=self.sampling, generator=generator)
+            inputs = self.module.prepare(source.portrait[None], source.portrait_head,
+                                         points="teacher" if self.points == "resampled" else self.points,
+                                         teacher_means=teacher.means, teacher_binding=binding,
+                                         teacher_mask=teacher.valid_mask(), shape=shape,
+                                         sampling=self.sampling, generator=generator,
+                                         portrait_camera=source.portrait_camera)
             _, avatar = self.module.decode_prepared(inputs)
         cloud = avatar.cloud.map(lambda t: t.float() if t.is_floating_point() else t)
         return Avatar(cloud=cloud, rig=avatar.rig, animation=self.module.animation,
@@ -694,8 +715,9 @@ class EvalConfig:
     template_decoder: str | None = None
     """DecoderModule checkpoint trained with ``points: template`` (the baseline row)."""
     points: tuple[str, ...] = ("generated",)
-    """Rows of the full model: ``generated`` (the method) and/or ``teacher`` (teacher points); empty: none (the
-    decoder then only supplies the head model for the reference rows)."""
+    """Rows of the full model: ``generated`` (the method), ``teacher`` (teacher points), ``resampled`` (a new
+    sampling of a synthetic subject's teacher); empty: none (the decoder then only supplies the head model for the
+    reference rows)."""
     limit: int | None = None
     """Only the first N samples of the protocol."""
     device: str = "auto"
@@ -753,7 +775,7 @@ def build_methods(config: EvalConfig, device: torch.device) -> tuple[Any, list[M
         check_generator(decoder, config.generator)
     sampling = sampling_config(decoder, protocol)
     methods: list[Method] = []
-    for points, key in (("generated", "generated"), ("teacher", "teacher_points")):
+    for points, key in (("generated", "generated"), ("teacher", "teacher_points"), ("resampled", "resampled_teacher")):
         if points in config.points:
             methods.append(DecoderMethod(key, decoder, points, sampling, protocol.render.rig_identity,
                                          checkpoints["decoder"]))
@@ -791,9 +813,9 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
     root = config.data_root or protocol.data.root
     if root is None:
         raise ProtocolError("data.root: no dataset given; pass --data ROOT (a folder with shards.json)")
-    unknown = [p for p in config.points if p not in ("generated", "teacher")]
+    unknown = [p for p in config.points if p not in ("generated", "teacher", "resampled")]
     if unknown:
-        raise ValueError(f"points: expected generated and/or teacher, got {list(config.points)}")
+        raise ValueError(f"points: expected generated, teacher and/or resampled, got {list(config.points)}")
     if not config.points and config.template_decoder is None and not protocol.reference.teacher:
         raise ValueError("nothing to evaluate: no points rows, no template decoder and reference.teacher is false")
     if config.batch_frames < 1:

@@ -81,18 +81,48 @@ def _portrait_background(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarr
     return {"same": np.array(cfg.background), "white": np.ones(3), "black": np.zeros(3)}[cfg.portrait_background]
 
 
+def _identity(rng: np.random.Generator, head: Any) -> tuple[np.ndarray, Any, CanonicalMesh]:
+    """The first draws of a subject: shape coefficients ``[S]``, appearance and its canonical mesh."""
+    shape = np.clip(rng.normal(0, 1, head.n_shape), -2.5, 2.5)
+    app = sample_appearance(rng)
+    with torch.no_grad():
+        verts = head.canonical(torch.as_tensor(shape, dtype=torch.float32)[None])[0].double().numpy()
+    regions = {k: v.cpu().numpy() for k, v in head.face_regions.items()}
+    return shape, app, CanonicalMesh.build(verts, head.faces.cpu().numpy(), regions)
+
+
+def resample_teacher(meta: dict[str, Any], head: Any, draw: int = 1) -> Any:
+    """An independent surface sampling of a synthetic subject's teacher: the same identity, appearance, hair, beard
+    and point budget as the shard's teacher (``meta`` of a sample written by ``avp data synth``), new random points.
+
+    What a perfect generator could produce for the subject; its distance to the shard's teacher is the point
+    metrics' noise floor. ``draw`` selects one of many resamplings (0 is reserved for nothing: ``>= 1``).
+    Returns a :class:`~avp.data.schema.TeacherGaussians`.
+    """
+    extra = meta.get("extra", {})
+    missing = [k for k in ("seed", "index", "n_target") if k not in extra]
+    if meta.get("source") != "synthetic" or missing:
+        raise ValueError(f"resample_teacher: sample {meta.get('subject')!r} is not a synthetic subject written by "
+                         f"avp data synth (source {meta.get('source')!r}, meta.extra lacks {missing})")
+    if draw < 1:
+        raise ValueError(f"resample_teacher: draw must be >= 1, got {draw}")
+    if meta.get("head_model") != head.name:
+        raise ValueError(f"resample_teacher: subject {meta.get('subject')!r} was made with head model "
+                         f"{meta.get('head_model')!r}, not {head.name!r}")
+    _, app, mesh = _identity(np.random.default_rng([int(extra["seed"]), int(extra["index"])]), head)
+    teacher, _ = build_teacher(mesh, app, int(extra["n_target"]),
+                               np.random.default_rng([int(extra["seed"]), int(extra["index"]), int(draw)]),
+                               sh_degree=int(meta.get("sh_degree", 0)))
+    return teacher
+
+
 def make_subject(cfg: SynthConfig, index: int, split: str, head: Any) -> ClipSample:
     """Subject ``index`` of the dataset (deterministic)."""
     from avp.head import animate_gaussians
     from avp.render import render
 
     rng = np.random.default_rng([cfg.seed, index])
-    shape = np.clip(rng.normal(0, 1, head.n_shape), -2.5, 2.5)
-    app = sample_appearance(rng)
-    with torch.no_grad():
-        verts = head.canonical(torch.as_tensor(shape, dtype=torch.float32)[None])[0].double().numpy()
-    regions = {k: v.cpu().numpy() for k, v in head.face_regions.items()}
-    mesh = CanonicalMesh.build(verts, head.faces.cpu().numpy(), regions)
+    shape, app, mesh = _identity(rng, head)
     lo, hi = cfg.points
     n_target = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
     teacher, part_counts = build_teacher(mesh, app, n_target, rng, sh_degree=cfg.sh_degree)

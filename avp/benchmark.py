@@ -1,0 +1,359 @@
+"""``avp benchmark``: the paper's ablation at toy scale, every row trained on what it is tested on, over seeds.
+
+One command (``make benchmark``) runs, each step skipped when an earlier run of the same configuration finished it:
+
+1. ``avp data synth`` (as ``avp demo``);
+2. ``avp fit`` of the generator (one seed: its budget dominates; ``generator_seeds`` trains more);
+3. for every row and seed, ``avp fit`` of a decoder: the shared decoder stage plus the row's ``delta`` and the seed;
+4. ``avp eval`` of every decoder on the held-out subjects (the row's ``eval_points``), one folder per run;
+5. point metrics of the held-out clouds against their teachers (Chamfer, F-score at each ``taus``, count ratio,
+   binding agreement): generated (per seed), template points, and a resampled teacher (the noise floor);
+6. ``results.json`` (``{"commit", "seeds", "rows": {ROW: {METRIC: {"mean", "std", "n"}}}}``), ``table.md``,
+   learning curves (``curves.png``) and the decoders' validation renders, under ``--out`` and copied to ``--docs``.
+
+Rows (``configs/benchmark.yaml``): ``full`` (generated points, position + AR features: the paper's model, its decoder
+trained on a bank of clouds sampled from the frozen generator), ``ar_position_only`` (no AR features, no
+cross-attention), ``ar_feature_only``, ``template`` ("FLAME position"), and two ceilings: ``teacher_points`` (the exact
+centres of the splats that rendered the targets) and ``resampled_teacher`` (a new surface sampling of the same
+subject: what a perfect generator could give).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from avp.atomic import atomic_write_json, atomic_write_text
+from avp.demo import Demo, DemoConfig, DemoData, DemoEval, DemoSheet, DemoStage, _deep_merge
+
+EvalPoints = Literal["generated", "teacher", "resampled", "template"]
+ROWS = ("full", "ar_position_only", "ar_feature_only", "template", "teacher_points", "resampled_teacher")
+IMAGE_METRICS = {"psnr": "psnr", "psnr_mask": "psnr_masked", "ssim": "ssim", "ssim_mask": "ssim_masked"}
+"""Benchmark name -> the evaluation runner's metric name."""
+
+
+@dataclass
+class BenchmarkRow:
+    """One row of the table: a decoder trained with ``delta`` on top of the shared decoder stage."""
+
+    eval_points: EvalPoints = "generated"
+    """Points the row is evaluated on (``generated``: sampled from the portrait, the full pipeline)."""
+    delta: dict[str, Any] = field(default_factory=dict)
+    """LightningCLI keys on top of the shared decoder stage (e.g. ``model.init_args.decoder.inputs``)."""
+    decoder_from: str | None = None
+    """Evaluate the decoders of another row instead of training new ones (e.g. the resampled-teacher ceiling uses
+    the teacher-points decoders: teacher and resampled teacher are draws of the same subject's point process)."""
+
+
+@dataclass
+class BenchmarkPoints:
+    """Point metrics of the held-out clouds against their teachers."""
+
+    taus: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02])
+    """F-score thresholds in metres."""
+    split: str = "test"
+    temperature: float | None = None
+    """Sampling temperature (None: the evaluation protocol's override, else the decoder's)."""
+
+
+@dataclass
+class BenchmarkConfig:
+    data: DemoData = field(default_factory=DemoData)
+    generator: DemoStage = field(default_factory=DemoStage)
+    decoder: DemoStage = field(default_factory=DemoStage)
+    """The decoder stage every row starts from."""
+    rows: dict[str, BenchmarkRow] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Decoder seeds (``seed_everything`` and the module's sampling seed)."""
+    generator_seeds: int = 1
+    """Generators trained (seed 0 .. n-1); decoder seed ``k`` uses generator ``k % generator_seeds``."""
+    eval: DemoEval = field(default_factory=DemoEval)
+    points: BenchmarkPoints = field(default_factory=BenchmarkPoints)
+    sheet: DemoSheet = field(default_factory=DemoSheet)
+    """Contact sheet of the first seed's full and template decoders (``subjects: 0`` skips it)."""
+    threads: int = 2
+
+
+def build_parser() -> Any:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="avp benchmark", description=__doc__.split("\n\n")[0], default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="benchmark config (configs/benchmark.yaml)")
+    parser.add_argument("--out", default="benchmark", help="output folder (default benchmark/)")
+    parser.add_argument("--docs", default=None, help="also copy results.json, table.md and figures here "
+                                                     "(make benchmark: docs/benchmark)")
+    parser.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing finished steps")
+    parser.add_argument("--python", default=sys.executable, help="interpreter that runs the avp steps")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the steps in this process (seconds-sized test configs; not for real runs)")
+    parser.add_class_arguments(BenchmarkConfig, None)
+    return parser
+
+
+def config_from_namespace(args: Any) -> BenchmarkConfig:
+    """The parsed namespace as :class:`BenchmarkConfig` (unknown row names are refused, naming the valid ones)."""
+    def build(cls: type, value: Any) -> Any:
+        return value if isinstance(value, cls) else cls(**(value.as_dict() if hasattr(value, "as_dict") else value))
+
+    config = BenchmarkConfig(
+        data=build(DemoData, args.data), generator=build(DemoStage, args.generator),
+        decoder=build(DemoStage, args.decoder),
+        rows={name: build(BenchmarkRow, row) for name, row in (args.rows or {}).items()},
+        seeds=list(args.seeds), generator_seeds=int(args.generator_seeds), eval=build(DemoEval, args.eval),
+        points=build(BenchmarkPoints, args.points), sheet=build(DemoSheet, args.sheet), threads=int(args.threads))
+    unknown = sorted(set(config.rows) - set(ROWS))
+    if unknown:
+        raise ValueError(f"avp benchmark: rows {unknown} are not benchmark rows; valid rows are {list(ROWS)}")
+    if not config.rows:
+        raise ValueError("avp benchmark: the config names no rows (rows: {full: …, template: …})")
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise ValueError(f"avp benchmark: seeds must be distinct and non-empty, got {config.seeds}")
+    for name, row in config.rows.items():
+        if row.decoder_from is not None and (row.decoder_from not in config.rows
+                                             or config.rows[row.decoder_from].decoder_from is not None):
+            raise ValueError(f"avp benchmark: rows.{name}.decoder_from {row.decoder_from!r} must name a row that "
+                             f"trains its own decoders (rows: {list(config.rows)})")
+    if config.generator_seeds < 1:
+        raise ValueError(f"avp benchmark: generator_seeds must be >= 1, got {config.generator_seeds}")
+    return config
+
+
+def summarize(values: Sequence[float]) -> dict[str, float | int]:
+    """``{"mean", "std", "n"}`` of the finite values (sample std; 0 for one value; NaN mean for none)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
+
+
+def tau_name(tau: float) -> str:
+    """``0.01`` -> ``fscore_1cm``, ``0.005`` -> ``fscore_0.5cm``."""
+    return f"fscore_{tau * 100:g}cm"
+
+
+class Benchmark:
+    def __init__(self, config: BenchmarkConfig, out: Path, python: str, in_process: bool = False) -> None:
+        self.config, self.out, self.python = config, out, python
+        demo_config = DemoConfig(data=config.data, generator=config.generator, eval=config.eval,
+                                 threads=config.threads)
+        self.demo = Demo(demo_config, out, python, in_process=in_process)
+
+    # ------------------------------------------------------------------------------------------------- paths
+    def generator_run(self, gseed: int) -> Path:
+        return self.out / "runs" / "generator" / f"seed{gseed}"
+
+    def generator_ckpt(self, gseed: int) -> Path:
+        return self.generator_run(gseed) / "version_0" / "checkpoints" / "last.ckpt"
+
+    def decoder_run(self, row: str, seed: int) -> Path:
+        return self.out / "runs" / row / f"seed{seed}"
+
+    def decoder_ckpt(self, row: str, seed: int) -> Path:
+        source = self.config.rows[row].decoder_from or row
+        return self.decoder_run(source, seed) / "version_0" / "checkpoints" / "last.ckpt"
+
+    def eval_dir(self, row: str, seed: int) -> Path:
+        return self.out / "eval" / row / f"seed{seed}"
+
+    def generator_for(self, seed: int) -> int:
+        return self.config.seeds.index(seed) % self.config.generator_seeds
+
+    # ------------------------------------------------------------------------------------------------- steps
+    def _write_delta(self, name: str, stage: DemoStage, run_dir: Path, seed: int, extra: dict[str, Any]) -> Path:
+        delta = _deep_merge(_deep_merge(_deep_merge({
+            "seed_everything": seed,
+            "data": {"init_args": {"root": str(self.demo.data_root), "seed": seed}},
+            "trainer": {"enable_progress_bar": True,
+                        "logger": {"init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name,
+                                                 "version": 0}}},
+        }, stage.delta), extra), {
+            "trainer": {"max_steps": stage.max_steps},
+            "data": {"init_args": {"batch_size": stage.batch_size, "samples_per_epoch": stage.samples_per_epoch}},
+        })
+        path = self.out / "configs" / f"{name}.yaml"
+        header = f"# written by avp benchmark: {name} on top of {stage.configs}\n"
+        atomic_write_text(path, header + yaml.safe_dump(delta, sort_keys=False))
+        return path
+
+    def _fit(self, title: str, stage: DemoStage, delta: Path, run_dir: Path) -> None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an unfinished earlier run: start clean, version_0
+        args = ["fit"]
+        for path in [*stage.configs, str(delta)]:
+            args += ["--config", path]
+        self.demo._run(title, args)
+
+    def fit_generator(self, gseed: int) -> None:
+        c = self.config
+        delta = self._write_delta(f"generator-seed{gseed}", c.generator, self.generator_run(gseed), gseed,
+                                  {"model": {"init_args": {"seed": gseed}}})
+        self._fit(f"fit the generator (seed {gseed})", c.generator, delta, self.generator_run(gseed))
+
+    def fit_decoder(self, row: str, seed: int) -> None:
+        c = self.config
+        # one bank for every row and seed: its key digests the generator and the sampling settings
+        extra = _deep_merge(c.rows[row].delta, {"model": {"init_args": {
+            "generator_ckpt": str(self.generator_ckpt(self.generator_for(seed))), "seed": seed,
+            "bank_dir": str(self.out / "point_bank")}}})
+        delta = self._write_delta(f"{row}-seed{seed}", c.decoder, self.decoder_run(row, seed), seed, extra)
+        self._fit(f"fit the decoder row {row} (seed {seed})", c.decoder, delta, self.decoder_run(row, seed))
+
+    def evaluate(self, row: str, seed: int) -> None:
+        e = self.config.eval
+        points = self.config.rows[row].eval_points
+        ckpt = str(self.decoder_ckpt(row, seed))
+        args = ["eval", "--protocol", e.protocol, "--decoder", ckpt, "--data", str(self.demo.data_root),
+                "--out", str(self.eval_dir(row, seed)), "--overwrite", "--no-teacher", "--no-progress"]
+        args += ["--points", "none", "--template-decoder", ckpt] if points == "template" else ["--points", points]
+        for item in e.overrides:
+            args += ["--override", item]
+        if e.limit is not None:
+            args += ["--limit", str(e.limit)]
+        self.demo._run(f"evaluate {row} (seed {seed})", args)
+
+    def image_metrics(self, row: str, seed: int) -> dict[str, float]:
+        """The row's image metrics from its evaluation's ``metrics.json`` (NaN where unavailable)."""
+        record = json.loads((self.eval_dir(row, seed) / "metrics.json").read_text())
+        [method] = record["methods"].values()
+        out = {}
+        for name, key in IMAGE_METRICS.items():
+            value = method["metrics"].get(key)
+            out[name] = float(value) if isinstance(value, (int, float)) else math.nan
+        return out
+
+    def point_metrics(self) -> dict[str, dict[str, list[float]]]:
+        """Per row, per metric: one value per seed (generated rows) or one value (fixed point sets)."""
+        from avp.benchmark_points import held_out_point_metrics
+
+        c = self.config
+        rows = {name: row for name, row in c.rows.items()}
+        generated = [name for name, row in rows.items() if row.eval_points == "generated"]
+        template = [name for name, row in rows.items() if row.eval_points == "template"]
+        source_row = next(iter([*generated, *template]), None)
+        if source_row is None:
+            return {}
+        per_seed = held_out_point_metrics(
+            data_root=self.demo.data_root, split=c.points.split,
+            decoder_ckpts=[self.decoder_ckpt(source_row, s) for s in c.seeds], seeds=c.seeds, taus=c.points.taus,
+            temperature=self._temperature())
+        out: dict[str, dict[str, list[float]]] = {}
+        for name, row in rows.items():
+            source = {"generated": "generated", "template": "template", "resampled": "resampled",
+                      "teacher": "teacher"}[row.eval_points]
+            out[name] = {k: [m[source][k] for m in per_seed] for k in per_seed[0][source]}
+        return out
+
+    def _temperature(self) -> float | None:
+        if self.config.points.temperature is not None:
+            return self.config.points.temperature
+        for item in self.config.eval.overrides:
+            key, _, value = item.partition("=")
+            if key.strip() == "sampling.temperature":
+                return float(value)
+        return None
+
+    # ------------------------------------------------------------------------------------------------ driver
+    def run(self, docs: Path | None = None) -> dict[str, Any]:
+        c = self.config
+        started = time.perf_counter()
+        d = self.demo
+        d._step("data", "synthetic dataset", dataclasses.asdict(c.data), d.synth)
+        data_payload = dataclasses.asdict(c.data)
+        for g in range(c.generator_seeds):
+            payload = {"spec": dataclasses.asdict(c.generator), "data": data_payload, "seed": g}
+            d._step(f"generator-seed{g}", f"fit the generator (seed {g})", payload,
+                    lambda g=g: self.fit_generator(g))
+        gen_payload = {"generator": dataclasses.asdict(c.generator), "data": data_payload,
+                       "generator_seeds": c.generator_seeds}
+        for row in c.rows:
+            for seed in c.seeds:
+                trained = c.rows[row].decoder_from or row
+                payload = {"decoder": dataclasses.asdict(c.decoder), "row": dataclasses.asdict(c.rows[trained]),
+                           "seed": seed, **gen_payload}
+                d._step(f"{trained}-seed{seed}", f"fit {trained} (seed {seed})", payload,
+                        lambda r=trained, s=seed: self.fit_decoder(r, s))
+                payload = {**payload, "eval_points": c.rows[row].eval_points}
+                d._step(f"eval-{row}-seed{seed}", f"evaluate {row} (seed {seed})",
+                        {"eval": dataclasses.asdict(c.eval), **payload}, lambda r=row, s=seed: self.evaluate(r, s))
+        print("\n==> point metrics of the held-out clouds", flush=True)
+        points = self.point_metrics()
+        results = self.results(points)
+        self.write(results, docs, time.perf_counter() - started)
+        return results
+
+    def results(self, points: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+        from avp.provenance import git_sha
+
+        c = self.config
+        rows: dict[str, dict[str, Any]] = {}
+        for row in c.rows:
+            per_seed = [self.image_metrics(row, s) for s in c.seeds]
+            metrics = {name: summarize([m[name] for m in per_seed]) for name in IMAGE_METRICS}
+            for name, values in points.get(row, {}).items():
+                metrics[name] = summarize(values)
+            rows[row] = metrics
+        gap = {}
+        if {"full", "template", "resampled_teacher"} <= set(rows):
+            for metric in ("psnr", "psnr_mask"):
+                lo, hi = rows["template"][metric]["mean"], rows["resampled_teacher"][metric]["mean"]
+                full = rows["full"][metric]["mean"]
+                gap[metric] = (full - lo) / (hi - lo) if hi != lo else math.nan
+        return {"commit": git_sha(Path.cwd()), "seeds": list(c.seeds), "generator_seeds": c.generator_seeds,
+                "rows": rows, "gap_closed": gap}
+
+    def write(self, results: dict[str, Any], docs: Path | None, wall_s: float) -> None:
+        from avp.benchmark_report import learning_curves, markdown_table
+
+        results = {**results, "wall_s": round(wall_s, 1)}
+        atomic_write_json(self.out / "results.json", results)
+        atomic_write_text(self.out / "table.md", markdown_table(results))
+        figures = learning_curves(self.out, list(self.config.rows), self.config.seeds,
+                                  list(range(self.config.generator_seeds)))
+        if {"full", "template"} <= set(self.config.rows) and self.config.sheet.subjects > 0:
+            from avp.demo_sheet import contact_sheet
+
+            s = self.config.sheet
+            print("\n==> contact sheet", flush=True)
+            seed = self.config.seeds[0]
+            figures.append(contact_sheet(self.demo.data_root, self.decoder_ckpt("full", seed),
+                                         self.decoder_ckpt("template", seed), self.out / "contact_sheet.png",
+                                         subjects=s.subjects, size=s.size, seed=s.seed, split=self.config.points.split))
+        if docs is not None:
+            docs.mkdir(parents=True, exist_ok=True)
+            for path in [self.out / "results.json", self.out / "table.md", *figures]:
+                shutil.copyfile(path, docs / path.name)
+        print(f"\n==> results: {self.out / 'results.json'}\n    table: {self.out / 'table.md'}\n"
+              f"    total wall time this run: {wall_s:.0f} s", flush=True)
+        print(markdown_table(results), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        config = config_from_namespace(args)
+    except ValueError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        Benchmark(config, out, args.python, args.in_process).run(None if args.docs is None else Path(args.docs))
+    except (RuntimeError, FileNotFoundError) as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,105 @@
+"""Point metrics of held-out clouds against their teachers, with their noise floor (``avp benchmark`` step 5).
+
+For every held-out subject: clouds sampled from the portrait (one draw per seed, by the decoder checkpoint of that
+seed, so the settings are the ones its evaluation used), the template points on the subject's neutral head, and an
+independent resampling of the subject's teacher (:func:`avp.data.synthetic.generate.resample_teacher`): how far a
+perfect generator's clouds are from the teacher, which no method can beat on these metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avp.metrics import binding_agreement, chamfer_distance, f_score
+
+SOURCES = ("generated", "template", "resampled", "teacher")
+
+
+def cloud_metrics(pred: torch.Tensor, pred_binding: torch.Tensor, target: torch.Tensor,
+                  target_binding: torch.Tensor, taus: Sequence[float]) -> dict[str, float]:
+    """``chamfer``, ``fscore_<tau>cm`` for each tau, ``count_ratio`` and ``binding_agreement`` of ``pred [N, 3]``
+    against ``target [M, 3]``."""
+    from avp.benchmark import tau_name
+
+    out = {"chamfer": float(chamfer_distance(pred, target))}
+    for tau in taus:
+        out[tau_name(tau)] = float(f_score(pred, target, tau))
+    out["count_ratio"] = pred.shape[0] / max(target.shape[0], 1)
+    out["binding_agreement"] = float(binding_agreement(pred, pred_binding, target, target_binding))
+    return out
+
+
+def _mean(records: list[dict[str, float]]) -> dict[str, float]:
+    keys = records[0].keys() if records else ()
+    return {k: float(np.nanmean([r[k] for r in records])) if any(math.isfinite(r[k]) for r in records)
+            else math.nan for k in keys}
+
+
+def held_out_subjects(data_root: str | Path, split: str) -> list[Any]:
+    """Every sample of ``split`` (decoded without frames), in shard order."""
+    from avp.data.reader import iter_raw_samples, resolve_shards
+    from avp.data.schema import decode_sample
+
+    shards, _ = resolve_shards(data_root, split)
+    return [decode_sample(raw, shard=ref.name, decode_frames=False) for ref in shards
+            for raw in iter_raw_samples(ref)]
+
+
+@torch.no_grad()
+def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Sequence[str | Path],
+                           seeds: Sequence[int], taus: Sequence[float],
+                           temperature: float | None = None) -> list[dict[str, dict[str, float]]]:
+    """Per seed: ``{source: {metric: mean over held-out subjects}}`` for ``SOURCES``.
+
+    Args:
+        data_root, split: the dataset and its held-out split.
+        decoder_ckpts: one DecoderModule checkpoint per seed (its frozen generator samples the clouds, with its
+            sampling settings; its template points are the template row's).
+        seeds: sampling seeds, one draw per subject and seed.
+        temperature: sampling temperature (None: the decoder's).
+    """
+    from avp.data.schema import teacher_cloud
+    from avp.data.synthetic.generate import resample_teacher
+    from avp.eval.runner import load_decoder
+    from avp.types import HeadParams
+
+    samples = held_out_subjects(data_root, split)
+    if not samples:
+        raise ValueError(f"point metrics: split {split!r} of {data_root} has no samples")
+    device = torch.device("cpu")
+    results = []
+    for i, seed in enumerate(seeds):
+        module = load_decoder(decoder_ckpts[i], device)
+        sampling = module.sampling if temperature is None else dataclasses.replace(module.sampling,
+                                                                                  temperature=temperature)
+        per_source: dict[str, list[dict[str, float]]] = {s: [] for s in SOURCES}
+        for sample in samples:
+            teacher = teacher_cloud(sample.gaussians)
+            target, target_binding = teacher.means[0], torch.from_numpy(sample.gaussians.binding.astype(np.int64))
+            portrait = torch.from_numpy(np.ascontiguousarray(sample.portrait)).permute(2, 0, 1)[None].float() / 255
+            head = HeadParams.from_dict({k: np.asarray(v)[None] for k, v in sample.portrait_head.items()})
+            shape = torch.from_numpy(np.asarray(sample.head["shape"], dtype=np.float32))[None]
+            subject_seed = seed * 1_000_003 + zlib.crc32(sample.meta["subject"].encode())
+            gen = torch.Generator(device=device).manual_seed(subject_seed)
+            condition = module.generator.encode_condition(portrait, head)
+            out = module.generator.sample(condition, sampling, gen, shape=shape)
+            n = int(out.n_points[0])
+            per_source["generated"].append(cloud_metrics(out.points[0, :n], out.binding[0, :n], target,
+                                                         target_binding, taus))
+            means, binding = module._template_cloud(shape)
+            per_source["template"].append(cloud_metrics(means[0], binding[0], target, target_binding, taus))
+            resampled = resample_teacher(sample.meta, module.head_model)
+            per_source["resampled"].append(cloud_metrics(
+                torch.from_numpy(resampled.means), torch.from_numpy(resampled.binding.astype(np.int64)), target,
+                target_binding, taus))
+            per_source["teacher"].append(cloud_metrics(target, target_binding, target, target_binding, taus))
+        results.append({source: _mean(records) for source, records in per_source.items()})
+    return results
