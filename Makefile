@@ -16,7 +16,7 @@ BENCHMARK_OUT ?= benchmark
 RUNS ?= runs
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-all test-gpu demo benchmark lint format bench tb clean
+.PHONY: help install test test-shuffled test-all test-gpu demo benchmark lint format bench tb clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "; printf "usage: make TARGET [VAR=value]\n\ntargets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,7 +33,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install torch (TORCH_SPEC) then avp with EXTRAS
 
-test: $(STAMP) ## the CPU test suite (what CI runs)
+test: $(STAMP) ## the CPU test suite (what CI runs), in file order
+	$(BIN)/python -m pytest -p no:randomly -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-shuffled: $(STAMP) ## the CPU test suite in a random order (pytest-randomly; the seed is printed, --randomly-seed=N repeats it)
 	$(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP) ## every test that can run here, slow ones included

@@ -18,6 +18,7 @@ from avp.export.ply import (
     write_gaussian_avatars_ply,
     write_splat_ply,
 )
+from avp.head.rig import closest_point_on_triangle
 from avp.pipeline import Avatar, AvatarPipeline
 from avp.portrait.fit import FitConfig
 from tests.portrait.tiny_models import MAX_POINTS, build_tiny_checkpoints
@@ -69,9 +70,32 @@ def test_reconstruct_the_astronaut(pipe, portrait, avatar):
     assert torch.equal(again.points, avatar.points) and torch.equal(again.cloud.means, avatar.cloud.means)
 
 
-def test_template_points_baseline(pipe, portrait):
+def test_template_points_lie_on_the_subjects_neutral_head(pipe, portrait):
+    """The baseline's points are on the surface of the subject's own neutral head (on the triangle each is bound
+    to) up to the tokenizer's quantisation (the generator reads them as tokens: bin centres), and re-posing their rig
+    with the neutral parameters gives them back."""
     base = pipe.reconstruct(portrait, points="template", progress=False)
+    head = base.head_model
     assert base.n_points == pipe.module.hparams.template_points
+    half_bin = float(pipe.module.tokenizer.bin_size.double().norm()) / 2  # farthest a point moves into its bin
+    verts = head.canonical(base.shape.double()[None])[0]  # [V, 3] this identity's neutral head
+    tri = verts[head.faces[base.binding]]  # [N, 3, 3] each point's bound triangle
+    bary = closest_point_on_triangle(base.points.double(), tri)
+    off_surface = ((bary[..., None] * tri).sum(-2) - base.points.double()).norm(dim=-1)
+    assert float(off_surface.max()) <= half_bin + 1e-6
+    # ...and not merely near some head: on the mean head (shape 0) the same faces are well beyond a bin away
+    mean_tri = head.canonical(torch.zeros_like(base.shape.double())[None])[0][head.faces[base.binding]]
+    mean_bary = closest_point_on_triangle(base.points.double(), mean_tri)
+    off_mean = ((mean_bary[..., None] * mean_tri).sum(-2) - base.points.double()).norm(dim=-1)
+    assert float(off_mean.max()) > 4 * half_bin
+    assert torch.equal(base.rig.face_idx[0], base.binding)
+    torch.testing.assert_close(base.rig.offsets[0].norm(dim=-1).double(), off_surface, atol=1e-6, rtol=0)
+    rest = base.rig.deform(base.neutral(1).map(lambda t: t[None])).means[0, 0]  # [N, 3]
+    torch.testing.assert_close(rest, base.points, atol=1e-5, rtol=0)
+    # the template does not depend on the sampling seed, and the faces it uses spread over the head
+    again = pipe.reconstruct(portrait, points="template", seed=7, progress=False)
+    assert torch.equal(again.points, base.points) and torch.equal(again.binding, base.binding)
+    assert base.binding.unique().numel() > base.n_points // 2
 
 
 def test_animate_reuses_the_rig(avatar, monkeypatch):

@@ -1,5 +1,6 @@
 """Synthetic subjects: deterministic and worker-count independent, teachers that cover the head with
-identity-specific geometry bound to the right faces, frames that are renders of the teacher, atomic writing."""
+identity-specific geometry bound to the right faces, frames and masks consistent with the stored teacher and cameras
+(background pixels, projected centres inside the mask, re-rendering), atomic writing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from avp.data import cli
 from avp.data.manifest import read_manifest
 from avp.data.preview import iter_samples
-from avp.data.schema import teacher_cloud
+from avp.data.schema import GAUSSIAN_FIELDS, teacher_cloud
 from avp.data.synthetic import SynthConfig, make_subject, synthesize
 from avp.data.synthetic import generate as generate_module
 from avp.data.synthetic.appearance import sample_appearance
@@ -97,27 +98,99 @@ def test_point_counts_scale_with_the_configured_range(mesh) -> None:
     assert counts[1] > 3 * counts[5]
 
 
-def test_frames_are_renders_of_the_animated_teacher(head) -> None:
-    cfg = SynthConfig(subjects=1, seed=3, **TINY)
-    s = make_subject(cfg, 0, "train", head)
-    assert s.frames.shape == (2, 2, 32, 32, 3) and s.masks.max() > 200 and s.masks[:, :, 0, 0].max() == 0
+@pytest.fixture(scope="module")
+def subject(head):
+    return make_subject(SynthConfig(subjects=2, seed=3, **TINY), 0, "train", head)
+
+
+def _posed(head, s):
+    """The stored teacher posed (LBS) with the stored head parameters of every timestep: ``[T, N]`` Gaussians."""
     g = s.gaussians
     cloud = teacher_cloud(g)
     rig = head.rig(torch.from_numpy(g.binding.astype(np.int64))[None], cloud.means,
                    torch.from_numpy(s.head["shape"])[None])
-    t, v = 1, 1
-    params = HeadParams(**{k: torch.from_numpy(s.head[k] if k == "shape" else s.head[k][t])[None, None]
-                           for k in s.head})
-    posed = animate_gaussians(rig, cloud, params, mode="lbs")
-    cams = Cameras(Ks=torch.from_numpy(s.cameras.Ks[v:v + 1]), viewmats=torch.from_numpy(s.cameras.viewmats[v:v + 1]),
-                   width=32, height=32)
+    T = s.frames.shape[0]
+    params = HeadParams(**{k: torch.from_numpy(s.head[k]).expand(T, -1)[None] if k == "shape"
+                           else torch.from_numpy(s.head[k])[None] for k in s.head})  # [1, T]
     with torch.no_grad():
-        rgb = render(posed, cams, background=torch.tensor(s.meta["background"])).rgb[0, 0]
-    ours = torch.from_numpy(s.frames[t, v]).permute(2, 0, 1).float() / 255
-    assert (rgb - ours).abs().max() <= 1 / 255 + 1e-4
-    # the portrait's head parameters are the true ones plus a small estimation error
-    true = s.meta["extra"]["portrait_head_true"]
-    err = np.abs(s.portrait_head["global_rot"] - np.array(true["global_rot"]))
+        return animate_gaussians(rig, cloud, params, mode="lbs")
+
+
+def test_background_pixels_show_the_recorded_background(subject) -> None:
+    s = subject
+    assert s.frames.shape == (2, 2, 32, 32, 3) and s.masks.shape == (2, 2, 32, 32)
+    bg = np.round(np.asarray(s.meta["background"]) * 255)
+    empty = s.masks == 0
+    assert 0.1 < empty.mean() < 0.9  # both the head and the background are in view
+    assert (s.frames[empty] == bg).all()
+    full = s.masks == 255
+    assert full.any() and (s.frames[full] != bg).any(axis=-1).mean() > 0.5  # the opaque head is not background
+    assert (s.masks[:, :, 0, 0] == 0).all()  # corners are background in every view
+
+
+def test_projected_teacher_centres_land_in_the_foreground_mask(head, subject) -> None:
+    """A pinhole projection done here (numpy, OpenCV convention, pixel centres at +0.5) of every opaque teacher
+    centre falls on a pixel the stored mask marks as foreground: cameras, posing and masks agree."""
+    s = subject
+    posed = _posed(head, s).means.double().numpy()  # [T, N, 3]
+    opaque = 1 / (1 + np.exp(-s.gaussians.opacity_logits)) > 0.5
+    assert opaque.mean() > 0.5
+    hits = 0
+    for t in range(s.frames.shape[0]):
+        for v in range(s.frames.shape[1]):
+            R, trans = s.cameras.viewmats[v, :3, :3], s.cameras.viewmats[v, :3, 3]
+            cam = posed[t, opaque] @ R.T + trans
+            assert (cam[:, 2] > 0.1).all()  # in front of the camera
+            uv = cam @ s.cameras.Ks[v].T
+            px = np.floor(uv[:, :2] / uv[:, 2:3]).astype(int)
+            inside = ((px >= 0) & (px < 32)).all(1)
+            assert inside.mean() > 0.9  # the head is framed
+            x, y = px[inside].T
+            assert (s.masks[t, v][y, x] > 0).all(), (t, v)
+            hits += inside.sum()
+    assert hits > 0
+    # and a camera moved aside would put them on the background: the check can fail
+    shifted = posed[0, opaque] @ s.cameras.viewmats[0, :3, :3].T + s.cameras.viewmats[0, :3, 3] + [0.15, 0, 0]
+    uv = shifted @ s.cameras.Ks[0].T
+    px = np.floor(uv[:, :2] / uv[:, 2:3]).astype(int)
+    inside = ((px >= 0) & (px < 32)).all(1)
+    assert (s.masks[0, 0][px[inside, 1], px[inside, 0]] == 0).any()
+
+
+def test_rendering_the_stored_teacher_reproduces_every_stored_frame(head, subject) -> None:
+    s = subject
+    cams = Cameras(Ks=torch.from_numpy(s.cameras.Ks), viewmats=torch.from_numpy(s.cameras.viewmats), width=32,
+                   height=32)
+    with torch.no_grad():
+        out = render(_posed(head, s), cams, background=torch.tensor(s.meta["background"]))
+    ours = torch.from_numpy(s.frames).permute(0, 1, 4, 2, 3).float() / 255  # [T, V, 3, H, W]
+    assert (out.rgb - ours).abs().max() <= 0.5 / 255 + 1e-4  # stored = rendered, rounded to 8 bits
+    mask = torch.from_numpy(s.masks).float() / 255
+    assert (out.alpha[:, :, 0] - mask).abs().max() <= 0.5 / 255 + 1e-4
+    # the two frames differ (the head moves), so matching each one is not matching a still image
+    assert (s.frames[0] != s.frames[1]).any()
+
+
+def test_subjects_are_deterministic_per_seed_and_differ_per_subject(head, subject) -> None:
+    cfg = SynthConfig(subjects=2, seed=3, **TINY)
+    again = make_subject(cfg, 0, "train", head)
+    for field in ("frames", "masks", "portrait"):
+        assert np.array_equal(getattr(again, field), getattr(subject, field)), field
+    for field in GAUSSIAN_FIELDS:
+        assert np.array_equal(getattr(again.gaussians, field), getattr(subject.gaussians, field)), field
+    assert again.meta == subject.meta
+    other = make_subject(cfg, 1, "train", head)
+    assert not np.array_equal(other.head["shape"], subject.head["shape"])
+    assert other.gaussians.n_points != subject.gaussians.n_points or not np.array_equal(
+        other.gaussians.means, subject.gaussians.means)
+    assert not np.array_equal(other.frames, subject.frames)
+    reseeded = make_subject(dataclasses.replace(cfg, seed=4), 0, "train", head)
+    assert not np.array_equal(reseeded.head["shape"], subject.head["shape"])
+
+
+def test_portrait_head_parameters_are_the_true_ones_plus_a_small_error(subject) -> None:
+    true = subject.meta["extra"]["portrait_head_true"]
+    err = np.abs(subject.portrait_head["global_rot"] - np.array(true["global_rot"]))
     assert 0 < err.max() < 0.1
 
 

@@ -17,9 +17,10 @@ C1, C2 = 0.01**2, 0.03**2
 BORDER = 5  # radius of the 11x11 Gaussian window (sigma 1.5)
 
 
-def _pair(b: int = 3, h: int = 40, w: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
-    target = torch.rand(b, 3, h, w)
-    preds = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
+def _pair(b: int = 3, h: int = 40, w: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(b, 3, h, w, generator=g)
+    preds = (target + 0.1 * torch.randn_like(target, generator=g)).clamp(0, 1)
     return preds, target
 
 
@@ -60,8 +61,9 @@ def test_ssim_map_is_the_standard_one_where_the_window_fits() -> None:
 
 def test_masked_psnr_analytic() -> None:
     """Inside the mask the images differ by exactly 0.1 (MSE 0.01, 20 dB); outside they are unrelated."""
-    preds = torch.rand(2, 3, 32, 32) * 0.8
-    target = torch.rand(2, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    preds = torch.rand(2, 3, 32, 32, generator=g) * 0.8
+    target = torch.rand(2, 3, 32, 32, generator=g)
     mask = torch.zeros(2, 1, 32, 32)
     mask[:, :, 4:20, 8:30] = 1
     target = torch.where(mask.bool(), preds + 0.1, target)
@@ -76,11 +78,12 @@ def test_masked_psnr_analytic() -> None:
 def test_masked_ssim_analytic() -> None:
     """Constant a against constant b on the left, noise on the right; a mask on the left that keeps the window away
     from the noise gives the luminance term alone: (2ab + C1) / (a^2 + b^2 + C1)."""
+    g = torch.Generator().manual_seed(0)
     a, b = 0.3, 0.5
     preds = torch.full((1, 3, 32, 64), a)
     target = torch.full((1, 3, 32, 64), b)
-    preds[..., 32:] = torch.rand(1, 3, 32, 32)
-    target[..., 32:] = torch.rand(1, 3, 32, 32)
+    preds[..., 32:] = torch.rand(1, 3, 32, 32, generator=g)
+    target[..., 32:] = torch.rand(1, 3, 32, 32, generator=g)
     mask = torch.zeros(1, 1, 32, 64)
     mask[..., : 32 - BORDER - 1] = 1
     expected = (2 * a * b + C1) / (a * a + b * b + C1)
@@ -105,7 +108,7 @@ def test_empty_masks_are_skipped_and_counted() -> None:
 
 
 def test_accumulators_average_per_image_values_over_updates() -> None:
-    batches = [_pair(b=2), _pair(b=3)]
+    batches = [_pair(b=2, seed=1), _pair(b=3, seed=2)]
     metric = MetricCollection({"psnr": PSNR(), "ssim": SSIM()})
     for preds, target in batches:
         metric.update(preds, target)

@@ -32,18 +32,20 @@ def _write_alexnet_features(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_without_weights_lpips_is_unavailable_and_never_a_number(torch_home: Path) -> None:
+    g = torch.Generator().manual_seed(0)
     model, reason = load_lpips("alex")
     assert model is None
     assert str(torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth") in reason
     metric = LPIPS()
     assert not metric.available
-    metric.update(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    metric.update(torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g))
     value = metric.compute()
     assert isinstance(value, Unavailable) and value.reason == reason
     assert format_value(value).startswith("unavailable (no pretrained alex backbone")
 
 
 def test_the_hub_cache_file_is_found_and_every_backbone_weight_loaded(torch_home: Path) -> None:
+    g = torch.Generator().manual_seed(0)
     path = backbone_cache_path("alex")
     assert path == torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     state = _write_alexnet_features(path)
@@ -55,18 +57,19 @@ def test_the_hub_cache_file_is_found_and_every_backbone_weight_loaded(torch_home
         assert torch.equal(value, state[f"features.{index}.{name}"])
     assert len(loaded) == len(state)
     assert not any(p.requires_grad for p in model.parameters())
-    x = torch.rand(2, 3, 64, 64)
+    x = torch.rand(2, 3, 64, 64, generator=g)
     same = lpips_per_image(model, x, x)
     assert same.shape == (2,) and torch.allclose(same, torch.zeros(2), atol=1e-6)
-    assert (lpips_per_image(model, x, torch.rand(2, 3, 64, 64)) > 0).all()
+    assert (lpips_per_image(model, x, torch.rand(2, 3, 64, 64, generator=g)) > 0).all()
 
 
 def test_an_explicit_weights_path_and_the_metric(torch_home: Path, tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
     path = tmp_path / "elsewhere" / "my_alexnet.pth"
     _write_alexnet_features(path)
     metric = LPIPS(weights_path=path)
     assert metric.available
-    x, y = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    x, y = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
     metric.update(x, y)
     metric.update(x, x)
     expected = torch.cat([lpips_per_image(metric._model[0], x, y), torch.zeros(3)]).mean()

@@ -47,7 +47,8 @@ def test_round_trips_between_axis_angle_matrix_and_quaternion() -> None:
 
 
 def test_matrix_to_quaternion_is_accurate_near_180_degrees() -> None:
-    aa = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64), dim=-1) * (math.pi - 1e-7)
+    g = torch.Generator().manual_seed(0)
+    aa = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64, generator=g), dim=-1) * (math.pi - 1e-7)
     R = axis_angle_to_matrix(aa)
     assert torch.allclose(quaternion_to_matrix(matrix_to_quaternion(R)), R, atol=1e-10)
 

@@ -118,6 +118,15 @@ def test_point_sources(generator_ckpt: Path, shards: Path) -> None:
     k = int(generated.n_points[0])
     assert 1 <= k <= 24 and generated.features.shape[:3] == (1, k, 4)
     assert torch.isfinite(generated.features).all()
+    # the features of sampled points are the generator's teacher-forced features of the same tokens: feeding the
+    # sampled cloud back as teacher points gives the same points, faces and (up to KV-cache rounding) features
+    forced = module.prepare(batch.portrait, batch.portrait_head, points="teacher", teacher_means=generated.points,
+                            teacher_binding=generated.binding, teacher_mask=generated.mask,
+                            shape=batch.head.shape[:, 0])
+    assert int(forced.n_points[0]) == k
+    assert torch.equal(forced.points, generated.points) and torch.equal(forced.binding, generated.binding)
+    torch.testing.assert_close(forced.features, generated.features, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(forced.features[0, 0], forced.features[0, -1])  # per-point, not one shared vector
 
 
 def test_avatarize_gives_an_animatable_avatar(generator_ckpt: Path, shards: Path) -> None:
@@ -137,6 +146,7 @@ def test_avatarize_gives_an_animatable_avatar(generator_ckpt: Path, shards: Path
 
 def test_checkpoint_round_trip_is_self_contained(generator_ckpt: Path, shards: Path, tmp_path: Path) -> None:
     # a generator checkpoint that disappears after the decoder is built: the decoder checkpoint must not need it
+    g = torch.Generator().manual_seed(0)
     gen_copy = tmp_path / "gen-copy.ckpt"
     gen_copy.write_bytes(generator_ckpt.read_bytes())
     module = _module(gen_copy, animation="face_frame", decoder={**TINY_DECODER, "cross_attention": True,
@@ -144,7 +154,7 @@ def test_checkpoint_round_trip_is_self_contained(generator_ckpt: Path, shards: P
     batch = _batch(shards)
     with torch.no_grad():  # move the decoder away from its initialisation
         for p in module.decoder.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+            p.add_(0.01 * torch.randn_like(p, generator=g))
     path = _save(module, tmp_path / "decoder.ckpt")
     gen_copy.unlink()
     restored = DecoderModule.load_from_checkpoint(path, map_location="cpu")

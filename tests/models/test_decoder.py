@@ -29,11 +29,12 @@ def _decoder(**kw) -> GaussianDecoder:
 
 
 def _inputs(B: int = 2, N: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    points = (torch.rand(B, N, 3) * 2 - 1) * BOUNDS[1] * 0.8
-    features = torch.randn(B, N, 4, D)
+    g = torch.Generator().manual_seed(0)
+    points = (torch.rand(B, N, 3, generator=g) * 2 - 1) * BOUNDS[1] * 0.8
+    features = torch.randn(B, N, 4, D, generator=g)
     mask = torch.ones(B, N, dtype=torch.bool)
     mask[1, 5:] = False
-    condition = torch.randn(B, 5, 16)
+    condition = torch.randn(B, 5, 16, generator=g)
     return points, features, mask, condition
 
 
@@ -74,6 +75,7 @@ def test_initial_splats_follow_the_documented_init() -> None:
 
 
 def test_parameterisation_bounds() -> None:
+    g = torch.Generator().manual_seed(0)
     big = torch.full((1, 1, 3), 50.0)
     assert torch.allclose(bounded_offset(big, 0.01), torch.full_like(big, 0.01))
     assert torch.allclose(bounded_offset(-big, 0.01), torch.full_like(big, -0.01))
@@ -87,68 +89,75 @@ def test_parameterisation_bounds() -> None:
     sh = colour_to_sh(torch.tensor([[[[0.0, 20.0, -20.0]]]]))
     torch.testing.assert_close(sh0_to_rgb(sh[..., 0, :]), torch.tensor([[[0.5, 1.0, 0.0]]]), atol=1e-6, rtol=0)
     # teacher-style activation (no bounds) is plain exp / sigmoid / normalise
-    log_s = torch.randn(1, 3, 3)
+    log_s = torch.randn(1, 3, 3, generator=g)
     torch.testing.assert_close(activate(torch.zeros(1, 3, 3), log_s, torch.zeros(1, 3), torch.ones(1, 3, 4),
                                         torch.zeros(1, 3, 1, 3)).scales, log_s.exp())
 
 
 def test_activate_splats_offsets_move_the_means() -> None:
+    g = torch.Generator().manual_seed(0)
     raw = RawSplats(offset=torch.full((1, 2, 3), 0.3), log_scales=torch.zeros(1, 2, 3), quats=torch.ones(1, 2, 4),
                     opacity_logits=torch.zeros(1, 2), colour=torch.zeros(1, 2, 1, 3))
     p = SplatParameterisation(max_offset=0.02)
-    points = torch.randn(1, 2, 3)
+    points = torch.randn(1, 2, 3, generator=g)
     cloud, offsets = activate_splats(points, raw, p)
     torch.testing.assert_close(offsets, torch.full((1, 2, 3), 0.02 * math.tanh(0.3)))
     torch.testing.assert_close(cloud.means, points + offsets)
 
 
 def test_position_only_ignores_ar_features() -> None:
+    g = torch.Generator().manual_seed(0)
     dec = _decoder(inputs="position").eval()
     points, features, mask, _ = _inputs()
     a = dec(points, features, mask)
-    b = dec(points, features + 5 * torch.randn_like(features), mask)
+    b = dec(points, features + 5 * torch.randn_like(features, generator=g), mask)
     c = dec(points, None, mask)
     for other in (b, c):
         torch.testing.assert_close(a.cloud.means, other.cloud.means, rtol=0, atol=0)
         torch.testing.assert_close(a.cloud.sh, other.cloud.sh, rtol=0, atol=0)
     # ...while positions matter
-    d = dec(points + 0.01 * torch.randn_like(points), features, mask)
+    d = dec(points + 0.01 * torch.randn_like(points, generator=g), features, mask)
     assert not torch.allclose(a.cloud.sh, d.cloud.sh)
 
 
 def test_feature_only_ignores_positions() -> None:
+    g = torch.Generator().manual_seed(0)
     dec = _decoder(inputs="ar_feature").eval()
     points, features, mask, _ = _inputs()
     a = dec(points, features, mask)
-    shift = 0.02 * torch.randn_like(points)
+    shift = 0.02 * torch.randn_like(points, generator=g)
     b = dec(points + shift, features, mask)
     for name in ("offset", "log_scales", "quats", "opacity_logits", "colour"):
         torch.testing.assert_close(getattr(a.raw, name), getattr(b.raw, name), rtol=0, atol=0)
     # the splats sit at the (moved) points with the same offsets
     torch.testing.assert_close(b.cloud.means, a.cloud.means + shift)
     # ...while features matter
-    c = dec(points, features + torch.randn_like(features), mask)
+    c = dec(points, features + torch.randn_like(features, generator=g), mask)
     assert not torch.allclose(a.cloud.sh, c.cloud.sh)
     with pytest.raises(ValueError, match="hidden states"):
         dec(points, None, mask)
 
 
 def test_both_uses_positions_and_features() -> None:
+    g = torch.Generator().manual_seed(0)
     dec = _decoder(inputs="both").eval()
     points, features, mask, _ = _inputs()
     a = dec(points, features, mask)
-    assert not torch.allclose(a.raw.colour, dec(points, features + torch.randn_like(features), mask).raw.colour)
-    assert not torch.allclose(a.raw.colour, dec(points + 0.02 * torch.randn_like(points), features, mask).raw.colour)
+    other_features = features + torch.randn_like(features, generator=g)
+    other_points = points + 0.02 * torch.randn_like(points, generator=g)
+    assert not torch.allclose(a.raw.colour, dec(points, other_features, mask).raw.colour)
+    assert not torch.allclose(a.raw.colour, dec(other_points, features, mask).raw.colour)
 
 
 def test_padding_does_not_leak_into_real_points() -> None:
     """Real points' outputs do not depend on padded entries (masked out of attention)."""
+    g = torch.Generator().manual_seed(0)
     dec = _decoder(cross_attention=True).eval()
     points, features, mask, condition = _inputs()
     a = dec(points, features, mask, condition)
     p2, f2 = points.clone(), features.clone()
-    p2[1, 5:] = torch.randn(2, 3)
-    f2[1, 5:] = torch.randn(2, 4, D) * 10
+    p2[1, 5:] = torch.randn(2, 3, generator=g)
+    f2[1, 5:] = torch.randn(2, 4, D, generator=g) * 10
     b = dec(p2, f2, mask, condition)
     torch.testing.assert_close(a.cloud.sh[1, :5], b.cloud.sh[1, :5])
     torch.testing.assert_close(a.cloud.means[1, :5], b.cloud.means[1, :5])

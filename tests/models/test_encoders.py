@@ -73,6 +73,7 @@ def hub_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("fmt", ["timm", "hub", "hf"])
 @pytest.mark.parametrize("registers", [False, True])
 def test_pretrained_files_in_every_format_reproduce_the_source_model(tmp_path, fmt: str, registers: bool) -> None:
+    g = torch.Generator().manual_seed(0)
     config = ImageEncoderConfig(arch="tiny", image_size=112, registers=registers)
     source = ImageEncoder(config, out_dim=16)
     state = source.backbone.state_dict()
@@ -87,7 +88,7 @@ def test_pretrained_files_in_every_format_reproduce_the_source_model(tmp_path, f
         torch.save({"model": state} if fmt == "timm" else state, path)
     loaded = ImageEncoder(ImageEncoderConfig(arch="tiny", image_size=112, registers=registers,
                                              pretrained_path=str(path)), out_dim=16)
-    image = torch.rand(2, 3, 112, 112)
+    image = torch.rand(2, 3, 112, 112, generator=g)
     with torch.no_grad():
         a = source.backbone.forward_features((image - source.mean) / source.std)
         b = loaded.backbone.forward_features((image - loaded.mean) / loaded.std)
@@ -130,9 +131,10 @@ def test_dinov2_architectures_exist_in_timm_and_build() -> None:
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_frozen_backbone_gets_no_gradients_and_stays_in_eval_mode(freeze: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
     enc = ImageEncoder(ImageEncoderConfig(arch="tiny", image_size=64, freeze=freeze), out_dim=8).train()
     assert enc.backbone.training is not freeze
-    enc(torch.rand(2, 3, 80, 60)).sum().backward()
+    enc(torch.rand(2, 3, 80, 60, generator=gen)).sum().backward()
     backbone_grads = [p.grad for p in enc.backbone.parameters()]
     assert all(g is None for g in backbone_grads) is freeze
     assert enc.proj.weight.grad is not None
@@ -164,11 +166,12 @@ def test_mesh_encoder_is_deterministic_in_eval_and_resamples_in_training() -> No
 
 
 def test_condition_tokens_are_image_then_mesh_with_type_embeddings() -> None:
+    g = torch.Generator().manual_seed(0)
     v, f = cube()
     config = ConditionConfig(image=ImageEncoderConfig(arch="tiny", image_size=64),
                              mesh=MeshEncoderConfig(n_points=10, n_layers=1, n_heads=4))
     enc = ConditionEncoder(config, width=32, bounds=BOUNDS).eval()
-    portrait = torch.rand(2, 3, 64, 64)
+    portrait = torch.rand(2, 3, 64, 64, generator=g)
     tokens = enc(portrait, v[None].expand(2, -1, -1), f)
     n_img = enc.image.n_tokens
     assert tokens.shape == (2, n_img + 10, 32) and enc.n_tokens == n_img + 10

@@ -28,12 +28,13 @@ def _one_thread():
 
 @pytest.mark.parametrize("window", [None, 48], ids=["whole", "windowed"])
 def test_tiny_model_memorises_a_cloud_and_greedy_sampling_reproduces_it(window: int | None) -> None:
+    gen = torch.Generator().manual_seed(0)
     tok = PointTokenizer(BOUNDS, n_faces=100)
     g = torch.Generator().manual_seed(0)
     points = BOUNDS[0] + torch.rand(64, 3, generator=g) * (BOUNDS[1] - BOUNDS[0])
     tokens = tok.encode(points, torch.randint(0, 100, (64,), generator=g))[None]  # [1, 258]
     model = PointGenerator(GeneratorConfig(n_layers=2, width=64, n_heads=4), tok.vocab_size)
-    condition = torch.randn(1, 4, 64)
+    condition = torch.randn(1, 4, 64, generator=gen)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     batch = 1 if window is None else 8
     seqs = tokens.expand(batch, -1)

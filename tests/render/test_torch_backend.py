@@ -28,11 +28,12 @@ def _loss_and_grads(cloud, cams, backend, bg, weights):
 @pytest.mark.parametrize(("sh_degree", "opacity_logit"), [(0, 0.0), (3, 3.0)])
 def test_matches_dense_reference_float64(sh_degree: int, opacity_logit: float) -> None:
     """Two avatars x two views, per-avatar cameras, SH up to degree 3, opaque scenes where pixels stop early."""
+    gen = torch.Generator().manual_seed(0)
     cloud = random_cloud(150, batch=2, sh_degree=sh_degree, opacity_logit=opacity_logit, scale=0.015)
     cams = cameras(2, 36, 28)
     cams.Ks = cams.Ks.expand(2, -1, -1, -1).clone()
     cams.viewmats = torch.stack([cams.viewmats, cams.viewmats.flip(0)])
-    bg = torch.rand(2, 2, 3, dtype=torch.float64)
+    bg = torch.rand(2, 2, 3, dtype=torch.float64, generator=gen)
     g = torch.Generator().manual_seed(3)
     weights = [torch.randn(2, 2, c, 28, 36, generator=g, dtype=torch.float64) for c in (3, 1, 1)]
     fast, g_fast = _loss_and_grads(cloud, cams, "torch", bg, weights)
@@ -70,6 +71,7 @@ def test_matches_dense_reference_float32() -> None:
 
 def test_gradcheck_compositing() -> None:
     """Finite differences of the hand-written backward on a tiny float64 scene (every input, every output)."""
+    g = torch.Generator().manual_seed(0)
     cloud = random_cloud(6, scale=0.03, opacity_logit=1.0)
     cams = cameras(1, 20, 18)
     from avp.render.projection import covariance_3d, project_gaussians
@@ -78,7 +80,7 @@ def test_gradcheck_compositing() -> None:
                           cams.viewmats[None], cams.Ks[None], 20, 18)
     assert p.visible.sum() >= 4
     radii, depths = p.radii[0], p.depths[0].detach()
-    colors = torch.rand(1, 6, 4, dtype=torch.float64)
+    colors = torch.rand(1, 6, 4, dtype=torch.float64, generator=g)
 
     def f(means2d, conics, opacities, colors):
         acc, T = composite_tiles(means2d, conics, opacities, colors, radii, depths, 20, 18, chunk=2)
@@ -105,14 +107,15 @@ def test_gradcheck_full_render() -> None:
 
 
 def test_chunk_and_budget_do_not_change_the_result() -> None:
+    g = torch.Generator().manual_seed(0)
     cloud = random_cloud(300, scale=0.012, opacity_logit=2.0)
     cams = cameras(1, 50, 40)
     from avp.render.projection import covariance_3d, project_gaussians
 
     p = project_gaussians(cloud.means, covariance_3d(cloud.quats, cloud.scales), cloud.opacities,
                           cams.viewmats[None], cams.Ks[None], 50, 40)
-    args = (p.means2d[0], p.conics[0], cloud.opacities, torch.rand(1, 300, 3, dtype=torch.float64), p.radii[0],
-            p.depths[0], 50, 40)
+    colours = torch.rand(1, 300, 3, dtype=torch.float64, generator=g)
+    args = (p.means2d[0], p.conics[0], cloud.opacities, colours, p.radii[0], p.depths[0], 50, 40)
     acc0, T0 = composite_tiles(*args)
     for chunk, budget in [(3, 1 << 20), (7, 256 * 7 * 2), (64, 1 << 22)]:
         acc, T = composite_tiles(*args, chunk=chunk, budget=budget)
