@@ -14,7 +14,8 @@ ROW_LABELS = {
     "teacher_points": "Ceiling: teacher points",
     "resampled_teacher": "Ceiling: resampled teacher",
 }
-COLUMNS = (("psnr", "PSNR↑", 2), ("psnr_mask", "PSNR (mask)↑", 2), ("ssim", "SSIM↑", 3), ("ssim_mask", "SSIM (mask)↑", 3),
+COLUMNS = (("psnr", "PSNR↑", 2), ("psnr_mask", "PSNR (mask)↑", 2), ("ssim", "SSIM↑", 3),
+           ("ssim_mask", "SSIM (mask)↑", 3),
            ("chamfer", "Chamfer (cm)↓", 2), ("fscore_0.5cm", "F@0.5cm↑", 3), ("fscore_1cm", "F@1cm↑", 3),
            ("fscore_2cm", "F@2cm↑", 3), ("count_ratio", "count ratio (1 best)", 2),
            ("binding_agreement", "binding agr.↑", 3))

@@ -365,7 +365,8 @@ class DecoderModule(LightningModule):
             "generator_ckpt": generator_ckpt, "decoder": _as_dict(dec_cfg), "loss": _as_dict(loss_cfg),
             "reg": _as_dict(reg_cfg), "head": None if head_cfg is None else _as_dict(head_cfg), "points": points,
             "eval_points": eval_points, "points_mix": points_mix, "bank_dir": bank_dir, "bank_samples": bank_samples,
-            "bank_seed": bank_seed, "bank_fill_batch": bank_fill_batch, "template_points": template_points, "template_seed": template_seed,
+            "bank_seed": bank_seed, "bank_fill_batch": bank_fill_batch, "template_points": template_points,
+            "template_seed": template_seed,
             "animation": animation, "sampling": _as_dict(sampling_cfg), "feature_window": feature_window,
             "lpips_net": lpips_net, "lpips_weights_path": lpips_weights_path, "render_backend": render_backend,
             "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas), "warmup_steps": warmup_steps,
@@ -482,9 +483,9 @@ class DecoderModule(LightningModule):
                      shape: Tensor) -> list[BankEntry]:
         """The bank's clouds of ``subjects`` (portraits ``[B, 3, H, W]``, their head parameters ``[B]``, identities
         ``[B, S]``); subjects not in the bank yet are sampled now (``bank_samples`` clouds each in one call, cloud
-        ``k`` seeded by ``subject_seed(bank_seed, subject) + k``: what :meth:`fill_bank` stores) and stored. A new subject's condition is encoded alone: the mesh
-        condition's eval-mode surface sampling draws ``[B, n]`` points from one seeded generator, so a subject's
-        condition (and clouds) would otherwise depend on its batch-mates."""
+        ``k`` seeded by ``subject_seed(bank_seed, subject) + k``: what :meth:`fill_bank` stores) and stored. A new
+        subject's condition is encoded alone: the mesh condition's eval-mode surface sampling draws ``[B, n]`` points
+        from one seeded generator, so a subject's condition (and clouds) would otherwise depend on its batch-mates."""
         bank = self.point_bank
         seed = self.hparams.bank_seed
 

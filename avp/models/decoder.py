@@ -261,7 +261,8 @@ class GaussianDecoder(nn.Module):
             expected = (B, N, pixel_feature_dim(cfg.pixel_levels))
             if pixel is None or tuple(pixel.shape) != expected:
                 got = None if pixel is None else tuple(pixel.shape)
-                raise ValueError(f"GaussianDecoder: appearance='pixel' needs pixel features {list(expected)}, got {got}")
+                raise ValueError(f"GaussianDecoder: appearance='pixel' needs pixel features {list(expected)}, "
+                                 f"got {got}")
             parts.append(self.pixel_mlp(pixel.to(points.dtype)))
         if cfg.cross_attention:
             if condition is None:
