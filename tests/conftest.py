@@ -29,3 +29,13 @@ def _seed() -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def one_thread():
+    """Tests of small tensors run on one thread (``pytestmark = pytest.mark.usefixtures("one_thread")``): a second
+    thread only adds hand-offs, which a busy machine makes slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

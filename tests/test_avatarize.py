@@ -48,12 +48,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory):
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def avatarize(checkpoints, image, out, *extra: str) -> int:

@@ -30,12 +30,7 @@ def head():
     return load_head_model()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def flame_like(n_expr: int = 10, n_shape: int = 20) -> SimpleNamespace:

@@ -19,14 +19,7 @@ from avp.metrics import (
     point_cloud_metrics,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The small-block tests make thousands of tiny cdist calls: a second thread only adds hand-offs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_analytic_cases() -> None:

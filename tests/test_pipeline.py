@@ -46,12 +46,7 @@ def avatar(pipe, portrait):
     return pipe.reconstruct(portrait, seed=0, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reconstruct_the_astronaut(pipe, portrait, avatar):

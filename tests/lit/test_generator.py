@@ -27,12 +27,7 @@ from avp.types import AvatarBatch, Cameras, GaussianCloud, HeadParams
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds hand-offs on a busy machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(head, batch: int, n_points: int, seed: int, ragged: bool = True) -> AvatarBatch:

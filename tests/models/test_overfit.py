@@ -17,13 +17,7 @@ from avp.sampling import SamplingConfig, sample, teacher_forced
 BOUNDS = torch.tensor([[-0.2, -0.3, -0.15], [0.2, 0.25, 0.2]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Width-64 matrices gain nothing from a second thread, and a busy machine makes thread hand-offs slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("window", [None, 48], ids=["whole", "windowed"])

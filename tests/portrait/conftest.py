@@ -5,18 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from avp.head import HeadConfig, load_head_model
 from avp.portrait.landmarks_embedding import builtin_landmark_embedding
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: a second thread only adds hand-offs on a busy machine
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread: None) -> None:
+    """Every portrait test runs on one thread (the shared ``one_thread`` fixture)."""
 
 
 @pytest.fixture(scope="session")
