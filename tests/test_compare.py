@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -84,7 +86,11 @@ def test_a_resumed_run_counts_each_step_once(tmp_path: Path) -> None:
     with SummaryWriter(str(run)) as writer:
         for step in range(10):
             writer.add_scalar("train/loss", 100.0 + step, step)  # killed after step 9, checkpoint at step 6
-    with SummaryWriter(str(run), purge_step=6) as writer:  # the resumed process
+    # the resumed process starts later: event files sort by their creation time (whole seconds), and within one
+    # second by a per-process counter that is not zero-padded, so two writers made in the same second of this
+    # process could sort either way depending on how many writers earlier tests made
+    with mock.patch("time.time", return_value=time.time() + 5), \
+            SummaryWriter(str(run), purge_step=6) as writer:
         for step in range(6, 12):
             writer.add_scalar("train/loss", float(step), step)
     series = read_scalars(run)["train/loss"]
