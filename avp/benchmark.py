@@ -138,11 +138,6 @@ def summarize(values: Sequence[float]) -> dict[str, float | int]:
     return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
 
 
-def tau_name(tau: float) -> str:
-    """``0.01`` -> ``fscore_1cm``, ``0.005`` -> ``fscore_0.5cm``."""
-    return f"fscore_{tau * 100:g}cm"
-
-
 class Benchmark:
     def __init__(self, config: BenchmarkConfig, out: Path, python: str, in_process: bool = False) -> None:
         self.config, self.out, self.python = config, out, python
@@ -238,9 +233,8 @@ class Benchmark:
         from avp.benchmark_points import held_out_point_metrics
 
         c = self.config
-        rows = {name: row for name, row in c.rows.items()}
-        generated = [name for name, row in rows.items() if row.eval_points == "generated"]
-        template = [name for name, row in rows.items() if row.eval_points == "template"]
+        generated = [name for name, row in c.rows.items() if row.eval_points == "generated"]
+        template = [name for name, row in c.rows.items() if row.eval_points == "template"]
         source_row = next(iter([*generated, *template]), None)
         if source_row is None:
             return {}
@@ -249,10 +243,8 @@ class Benchmark:
             decoder_ckpts=[self.decoder_ckpt(source_row, s) for s in c.seeds], seeds=c.seeds, taus=c.points.taus,
             temperature=self._temperature())
         out: dict[str, dict[str, list[float]]] = {}
-        for name, row in rows.items():
-            source = {"generated": "generated", "template": "template", "resampled": "resampled",
-                      "teacher": "teacher"}[row.eval_points]
-            out[name] = {k: [m[source][k] for m in per_seed] for k in per_seed[0][source]}
+        for name, row in c.rows.items():  # the point sources are named as the rows' eval_points
+            out[name] = {k: [m[row.eval_points][k] for m in per_seed] for k in per_seed[0][row.eval_points]}
         return out
 
     def _temperature(self) -> float | None:

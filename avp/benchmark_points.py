@@ -21,14 +21,18 @@ import torch
 from avp.metrics import binding_agreement, chamfer_distance, f_score
 
 SOURCES = ("generated", "template", "resampled", "teacher")
+"""Named as :class:`avp.benchmark.BenchmarkRow`'s ``eval_points``."""
+
+
+def tau_name(tau: float) -> str:
+    """``0.01`` -> ``fscore_1cm``, ``0.005`` -> ``fscore_0.5cm``."""
+    return f"fscore_{tau * 100:g}cm"
 
 
 def cloud_metrics(pred: torch.Tensor, pred_binding: torch.Tensor, target: torch.Tensor,
                   target_binding: torch.Tensor, taus: Sequence[float]) -> dict[str, float]:
     """``chamfer``, ``fscore_<tau>cm`` for each tau, ``count_ratio`` and ``binding_agreement`` of ``pred [N, 3]``
     against ``target [M, 3]``."""
-    from avp.benchmark import tau_name
-
     out = {"chamfer": float(chamfer_distance(pred, target))}
     for tau in taus:
         out[tau_name(tau)] = float(f_score(pred, target, tau))

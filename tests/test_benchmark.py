@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from avp.benchmark import ROWS, BenchmarkConfig, build_parser, config_from_namespace, main, summarize, tau_name
+from avp.benchmark import ROWS, BenchmarkConfig, build_parser, config_from_namespace, main, summarize
+from avp.benchmark_points import tau_name
 from avp.benchmark_report import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
