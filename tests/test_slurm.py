@@ -57,9 +57,47 @@ def avp(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def job_state(job: str) -> str | None:
-    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-    return out or None
+def job_state(job: str, tries: int = 20) -> str | None:
+    """The job's state as ``squeue`` shows it, None once it has left the queue.
+
+    A busy controller makes ``squeue`` fail now and then (socket timeouts); that is retried, never read as "gone".
+    """
+    for _ in range(tries):
+        proc = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return proc.stdout.strip() or None
+        if "Invalid job id" in proc.stderr:
+            return None
+        time.sleep(0.5)
+    raise AssertionError(f"squeue -j {job} failed {tries} times: {proc.stderr.strip()}")
+
+
+def wait_until_restartable(job: str, pids: list[int], timeout: float = 120.0) -> None:
+    """Wait until a requeued job may be forced to start again on the same node.
+
+    Requeueing revokes the job's credential on the node, compared by creation time in whole seconds: a start forced
+    (``StartTime=now``) within the second of the requeue is refused ("Job credential revoked") and the job fails.
+    A real requeue waits ~2 minutes (BeginTime) and never meets this. So: the old incarnation's step daemons and
+    training processes are gone (this single-node cluster shares our process table), and two seconds have passed.
+    """
+    requeued = time.time()
+    deadline = time.monotonic() + timeout
+    while True:
+        stepds = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True, text=True).stdout
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        if not stepds.strip() and not alive:
+            break
+        assert time.monotonic() < deadline, f"job {job}: step daemons {stepds.split()} / pids {alive} still running"
+        time.sleep(0.5)
+    time.sleep(max(0.0, requeued + 2.0 - time.time()))
+
+
+def job_report(job: str, run_dir: Path) -> str:
+    """What SLURM and the job's own log say, for assertion messages."""
+    sacct = subprocess.run(["sacct", "-n", "-P", "-D", "-j", job, "-o", "JobID,State,ExitCode,Start,End,Reason"],
+                           capture_output=True, text=True)
+    logs = "".join(p.read_text()[-3000:] for p in sorted((run_dir / "slurm").glob("*.out")))
+    return f"\nsacct: {sacct.stdout.strip() or sacct.stderr.strip()}\nstatus: {read_status(run_dir)}\nlog tail:\n{logs}"
 
 
 def test_a_two_run_sweep_through_sbatch_with_ddp_then_compare(slurm, tmp_path: Path, capsys,
@@ -126,25 +164,26 @@ def test_the_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm, tmp_path
 
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").exists():  # training is under way
-        assert job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} ended before the signal"
-        assert time.monotonic() < deadline, f"job {job} never started training"
+        assert job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} ended before the signal" + job_report(job, run_dir)
+        assert time.monotonic() < deadline, f"job {job} never started training" + job_report(job, run_dir)
         time.sleep(0.5)
     # what SLURM sends signal_delay_s before the time limit (sbatch --signal=USR1@…), sent now
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
     while read_status(run_dir).get("state") != "requeued":
-        assert time.monotonic() < deadline, f"job {job} did not requeue: {read_status(run_dir)}"
+        assert time.monotonic() < deadline, f"job {job} did not requeue" + job_report(job, run_dir)
         time.sleep(0.5)
     # a requeued job waits (Reason=BeginTime, ~2 min) before it may start again; let it start now
     while job_state(job) != "PENDING":
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, f"job {job} is {job_state(job)}, not PENDING" + job_report(job, run_dir)
         time.sleep(0.5)
+    wait_until_restartable(job, [attempt["pid"] for attempt in read_status(run_dir)["attempts"]])
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     while job_state(job) is not None:
-        assert time.monotonic() < deadline + 300, f"job {job} still {job_state(job)}"
+        assert time.monotonic() < deadline + 300, f"job {job} still {job_state(job)}" + job_report(job, run_dir)
         time.sleep(1)
 
     status = read_status(run_dir)
-    assert status["state"] == "finished" and status["global_step"] == max_steps, status
+    assert status["state"] == "finished" and status["global_step"] == max_steps, job_report(job, run_dir)
     first, second = status["attempts"]
     assert first["end_state"] == "requeued" and 0 < first["end_step"] < max_steps
     # from the requeue checkpoint (or last.ckpt, when the periodic save fell on the same batch: same state)
