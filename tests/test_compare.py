@@ -14,12 +14,18 @@ import pytest
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from avp.compare import compare, higher_is_better, main, mean_curve, read_scalars
+import yaml
+
+from avp.compare import compare, main, mean_curve, read_scalars
+from avp.metric_goals import goal_of
 
 
-def write_run(run_dir: Path, variant: str, seed: int, index: int, curves: dict[str, list[tuple[int, float]]]) -> None:
-    """A sweep-like run folder: run.json + TensorBoard scalars under tb/."""
+def write_run(run_dir: Path, variant: str, seed: int, index: int, curves: dict[str, list[tuple[int, float]]],
+              config: dict | None = None) -> None:
+    """A sweep-like run folder: run.json + TensorBoard scalars under tb/ (+ its resolved config.yaml)."""
     run_dir.mkdir(parents=True)
+    if config is not None:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "run.json").write_text(json.dumps({"variant": variant, "seed": seed, "index": index}))
     with SummaryWriter(str(run_dir / "tb")) as writer:
         for tag, points in curves.items():
@@ -75,8 +81,12 @@ def test_metric_selection_and_direction(sweep: Path, tmp_path: Path) -> None:
     result = compare([sweep], tmp_path / "o", metrics=["train/*"], plots=False)
     assert result.metrics == ["train/loss"]
     assert "| zeta | 2 | 7 (n=1) |" in result.markdown and "| alpha | 2 | n/a |" in result.markdown
-    assert higher_is_better("val/psnr") and higher_is_better("test/id_sim") and not higher_is_better("val/lpips")
-    assert higher_is_better("val/chamfer", ["val/cham*"]) and not higher_is_better("val/chamfer")
+    assert goal_of("val/psnr").better == "higher" and goal_of("val/lpips").better == "lower"
+    assert goal_of("test/fscore_1cm").better == "higher" and goal_of("val/acc_b").better == "higher"
+    assert goal_of("val/finished_fraction").better == goal_of("val/binding_agreement").better == "higher"
+    assert goal_of("val/count_ratio").best([0.5, 1.3, 0.9]) == 0.9  # closest to 1, neither max nor min
+    assert goal_of("val/chamfer", higher=["val/cham*"]).better == "higher" and goal_of("val/chamfer").better == "lower"
+    assert goal_of("val/id_sim") is None  # undeclared: tabulated, never ranked
     with pytest.raises(ValueError, match="no metric matches"):
         compare([sweep], tmp_path / "o", metrics=["nothing/*"])
 
@@ -117,3 +127,50 @@ def test_the_cli_prints_the_table_and_fails_clearly_without_logs(sweep: Path, tm
     assert "no TensorBoard scalars under" in capsys.readouterr().err
     assert main([str(tmp_path / "absent")]) == 2
     assert "no such run or sweep folder" in capsys.readouterr().err
+
+
+def _config(seed: int, levels: int = 64, lr: float = 1e-3) -> dict:
+    return {"seed_everything": seed, "trainer": {"max_steps": 20, "logger": {"init_args": {"version": seed}}},
+            "model": {"init_args": {"lr": lr, "seed": seed, "tokenizer": {"levels": levels}}}}
+
+
+def test_count_ratio_is_best_at_one_and_direction_follows_the_goal(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for i, (variant, ratio, fraction) in enumerate([("under", 0.7, 0.9), ("exact", 1.02, 0.5), ("over", 1.6, 1.0)]):
+        write_run(root / variant / "seed0", variant, 0, i, {"val/count_ratio": [(0, ratio)],
+                                                            "val/finished_fraction": [(0, fraction)]},
+                  _config(0))
+    result = compare([root], tmp_path / "o", plots=False)
+    final = result.markdown.split("**Best values**")[0]
+    assert "| variant | seeds | val/count_ratio →1 | val/finished_fraction ↑ |" in final
+    assert "| exact | 1 | **1.02** | 0.5 |" in final  # neither the largest nor the smallest ratio
+    assert "| over | 1 | 1.6 | **1** |" in final and "| under | 1 | 0.7 | 0.9 |" in final
+    assert result.warnings == []
+
+
+def test_pooling_runs_with_different_configs_is_reported_with_the_keys(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "sweep"
+    write_run(root / "a" / "seed0", "a", 0, 0, {"val/psnr": [(0, 20.0)]}, _config(0))
+    write_run(root / "a" / "seed1", "a", 1, 1, {"val/psnr": [(0, 21.0)]}, _config(1, lr=3e-3))  # not just a seed
+    write_run(root / "b" / "seed0", "b", 0, 2, {"val/psnr": [(0, 19.0)]}, _config(0))
+    write_run(root / "b" / "seed1", "b", 1, 3, {"val/psnr": [(0, 19.5)]}, _config(1))  # seeds differ only
+    result = compare([root], tmp_path / "o", plots=False)
+    assert result.warnings == ["variant 'a' pools runs whose configs differ beyond the seed: model.init_args.lr"]
+    assert "> **Warning:** variant 'a' pools runs" in (tmp_path / "o" / "table.md").read_text()
+    assert main([str(root), "--out", str(tmp_path / "o2"), "--no-plots"]) == 0
+    assert "warning: variant 'a' pools runs whose configs differ beyond the seed: model.init_args.lr" in \
+        capsys.readouterr().err
+
+
+def test_losses_over_different_quantisations_are_not_ranked(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    write_run(root / "coarse" / "seed0", "coarse", 0, 0, {"val/loss": [(0, 2.0)], "val/fscore": [(0, 0.3)]},
+              _config(0, levels=64))
+    write_run(root / "fine" / "seed0", "fine", 0, 1, {"val/loss": [(0, 3.5)], "val/fscore": [(0, 0.4)]},
+              _config(0, levels=1024))
+    result = compare([root], tmp_path / "o", plots=False)
+    final = result.markdown.split("**Best values**")[0]
+    assert "| coarse | 1 | 0.3 | 2 |" in final  # the lower cross-entropy is not bold: other vocabulary
+    assert "| fine | 1 | **0.4** | 3.5 |" in final  # F-score does not depend on the quantisation
+    assert result.warnings == ["val/loss: not ranked, its scale depends on settings the runs differ in: "
+                               "model.init_args.tokenizer.levels"]
