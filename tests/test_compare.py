@@ -11,10 +11,9 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
-
-import yaml
 
 from avp.compare import compare, main, mean_curve, read_scalars
 from avp.metric_goals import goal_of
