@@ -42,8 +42,8 @@ test-shuffled: $(STAMP) ## the CPU test suite in a random order (pytest-randomly
 test-all: $(STAMP) ## every test that can run here, slow ones included
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-test-gpu: $(STAMP) ## the GPU-marked tests (needs CUDA)
-	$(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
+test-gpu: $(STAMP) ## the GPU-marked tests (fails when no CUDA device is usable, instead of skipping them all)
+	AVP_REQUIRE_GPU=1 $(BIN)/python -m pytest -p no:randomly -m gpu $(PYTEST_ARGS)
 
 demo: $(STAMP) ## the whole pipeline at toy scale on the CPU; outputs under DEMO_OUT
 	$(BIN)/avp demo --config $(DEMO_CONFIG) --out $(DEMO_OUT)

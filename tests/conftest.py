@@ -1,17 +1,25 @@
-"""Shared fixtures: deterministic seeds for every test, GPU tests skipped without CUDA."""
+"""Shared fixtures: deterministic seeds for every test, GPU tests skipped without CUDA (``make test-gpu`` sets
+``AVP_REQUIRE_GPU=1``: then no CUDA is an error, never a run that passes with every test skipped)."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
 
+REQUIRE_GPU = "AVP_REQUIRE_GPU"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
+    if os.environ.get(REQUIRE_GPU, "") not in ("", "0"):
+        pytest.exit(f"{REQUIRE_GPU} is set but torch sees no CUDA device (torch {torch.__version__}, built for CUDA "
+                    f"{torch.version.cuda}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): the "
+                    "GPU tests cannot run here", returncode=3)
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:

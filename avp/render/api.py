@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Literal
 
 import torch
@@ -18,12 +20,23 @@ Backend = Literal["auto", "torch", "gsplat", "reference"]
 BACKENDS = ("auto", "torch", "gsplat", "reference")
 
 
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    """Once per process and reason: CUDA renders fall back to the torch rasteriser (correct, slower)."""
+    warnings.warn(f"render: backend='auto' uses the torch rasteriser on CUDA because {reason}", stacklevel=3)
+
+
 def choose_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Resolve ``auto``: gsplat for float32 CUDA tensors when gsplat imports, the torch tile rasteriser otherwise."""
+    """Resolve ``auto``: gsplat for float32 CUDA tensors when gsplat and its CUDA extension load, the torch tile
+    rasteriser otherwise (with one warning when CUDA tensors fall back)."""
     if backend not in BACKENDS:
         raise ValueError(f"render: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "gsplat" if gsplat_backend.usable(device, dtype) else "torch"
+        if gsplat_backend.usable(device, dtype):
+            return "gsplat"
+        if device.type == gsplat_backend.CUDA and dtype == torch.float32:
+            _warn_fallback(gsplat_backend.why_unusable(device, dtype))
+        return "torch"
     if backend == "gsplat" and not gsplat_backend.usable(device, dtype):
         raise ValueError(f"render: backend='gsplat' is unavailable: {gsplat_backend.why_unusable(device, dtype)}")
     return backend
@@ -169,8 +182,8 @@ def render(
         cloud: ``[B, N]`` activated Gaussians (``mask`` False entries render as nothing).
         cameras: ``Ks [V, 3, 3]`` / ``viewmats [V, 4, 4]`` shared by all avatars, or ``[B, V, ...]`` per avatar.
         background: None (black), a float grey, ``[3]`` or ``[B, V, 3]``; composited as ``T * bg``.
-        backend: ``auto`` (gsplat for float32 CUDA tensors when it imports, else ``torch``), ``torch`` (tiled CPU/GPU
-            rasteriser), ``gsplat`` or ``reference`` (slow dense oracle).
+        backend: ``auto`` (gsplat for float32 CUDA tensors when its CUDA extension loads, else ``torch``),
+            ``torch`` (tiled CPU/GPU rasteriser), ``gsplat`` or ``reference`` (slow dense oracle).
         near, far: camera-depth range of splat centres that are drawn (``near <= z <= far``).
         return_depth: also render the alpha-normalised expected camera depth.
 
@@ -181,7 +194,17 @@ def render(
     Raises:
         ValueError: naming the field, for mismatched shapes or batch sizes, non-finite values, zero quaternions,
             negative scales, opacities outside [0, 1], a bad background, ``near``/``far`` or backend.
+
+    Autocast does not reach inside: an enclosing ``torch.autocast`` would run the projection and compositing matmuls
+    in bf16/fp16 (colour errors up to ~0.3), so the float32 contract is kept by disabling it here.
     """
+    with torch.autocast(cloud.means.device.type, enabled=False):
+        return _render(cloud, cameras, background=background, backend=backend, near=near, far=far,
+                       return_depth=return_depth)
+
+
+def _render(cloud: GaussianCloud, cameras: Cameras, *, background: Tensor | float | None, backend: Backend,
+            near: float, far: float, return_depth: bool) -> RenderOutput:
     _check_cloud(cloud)
     # One compute dtype: the means' (half precision is raised to float32: thresholds like T <= 1e-4 need it).
     dtype = cloud.means.dtype if cloud.means.dtype in (torch.float32, torch.float64) else torch.float32

@@ -1,7 +1,13 @@
 """gsplat 1.5.3 rasterisation on CUDA (the only render module that names CUDA).
 
-gsplat is imported lazily: importing avp never compiles or loads its CUDA extension (the first ``rasterization`` call
-JIT-compiles it, which takes minutes). Batching notes for 1.5.3:
+gsplat is imported lazily: importing avp never compiles or loads its CUDA extension. gsplat 1.5.3 loads the extension
+when ``gsplat.cuda._backend`` is first imported: a prebuilt ``gsplat.csrc``, else a JIT build (minutes, needs
+``nvcc``; it first deletes its build folder, so concurrent first builds in DDP ranks destroy each other), else it
+prints a notice and leaves ``_C = None``, and the first rasterisation fails with ``AttributeError`` on None (and the
+next process tries the build again). :func:`extension_status` makes that import once per process, on demand, and
+says why the extension is missing; :func:`usable` counts a missing extension as unusable, so ``backend="auto"``
+falls back to the torch rasteriser (one warning) and ``backend="gsplat"`` fails with the reason and the fix. Lightning
+code builds it on one rank first (``avp.lit``), before the others import it. Batching notes for 1.5.3:
 
 - ``packed=False``: packed mode asserts when backgrounds are given (gsplat #764) and its backward could mix
   gradients across batch items before gsplat PR #1059;
@@ -31,9 +37,30 @@ def _gsplat() -> Any:
     return gsplat
 
 
+EXTENSION_FIX = ("install a gsplat wheel with prebuilt CUDA kernels (https://docs.gsplat.studio/whl) or a CUDA toolkit "
+                 "with nvcc matching torch's CUDA, then run once: python -c 'import gsplat.cuda._backend'")
+
+
+@functools.cache
+def extension_status() -> str:
+    """Empty when gsplat's CUDA extension is loaded (importing it builds it when needed, once per process), else why
+    it is not."""
+    gsplat = _gsplat()
+    if gsplat is None:
+        return "gsplat does not import (pip install gsplat==1.5.3)"
+    try:
+        from gsplat.cuda import _backend
+    except Exception as e:  # a failed JIT build raises whatever the compiler or the linker raised
+        return f"gsplat's CUDA extension failed to build or load ({type(e).__name__}: {e}); {EXTENSION_FIX}"
+    if getattr(_backend, "_C", None) is None:
+        return f"gsplat's CUDA extension is not built and no CUDA toolkit (nvcc) was found to build it; {EXTENSION_FIX}"
+    return ""
+
+
 def usable(device: torch.device, dtype: torch.dtype) -> bool:
-    """True when gsplat can rasterise tensors of this device and dtype (CUDA, float32, gsplat importable)."""
-    return device.type == CUDA and dtype == torch.float32 and torch.cuda.is_available() and _gsplat() is not None
+    """True when gsplat can rasterise tensors of this device and dtype (CUDA, float32, gsplat and its CUDA extension
+    loaded). Probes the extension only for CUDA float32 tensors: CPU work never imports gsplat's backend."""
+    return not why_unusable(device, dtype)
 
 
 def why_unusable(device: torch.device, dtype: torch.dtype) -> str:
@@ -44,9 +71,7 @@ def why_unusable(device: torch.device, dtype: torch.dtype) -> str:
         return f"gsplat rasterises float32 only; these are {dtype}"
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
-    if _gsplat() is None:
-        return "gsplat does not import (pip install gsplat==1.5.3)"
-    return ""
+    return extension_status()
 
 
 def render_gsplat(
