@@ -66,7 +66,12 @@ def _convert(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="avp data convert",
                                 description="Convert a GaussianAvatars fit and its VHAP export into a shard.")
     p.add_argument("ga_dir", help="GaussianAvatars model folder (or its point_cloud/iteration_<k>/ folder)")
-    p.add_argument("export_dir", help="the VHAP export folder the fit was trained on")
+    p.add_argument("export_dir", help="the VHAP export folder the fit was trained on (a combined UNION export too)")
+    p.add_argument("--source-sequence", default=None, metavar="FOLDER",
+                   help="of a combined (UNION) export: the sequence folder to convert (as its sequences_*.txt name it)")
+    p.add_argument("--principal-point", choices=("centred", "calibrated"), default="centred",
+                   help="frame cameras: centred (GaussianAvatars' camera, under which the teacher was fitted) or "
+                        "calibrated (VHAP's principal point and fl_y)")
     p.add_argument("--out", required=True, help="dataset folder (shard written there, shards.json updated)")
     p.add_argument("--flame", required=True, help="FLAME pickle (flame2023.pkl or generic_model.pkl)")
     p.add_argument("--flame-masks", default=None, help="FLAME_masks.pkl (optional, for face regions)")
@@ -96,14 +101,15 @@ def _convert(argv: list[str]) -> int:
     a = p.parse_args(argv)
     head = load_head_model(HeadConfig(flame_path=a.flame, n_shape=a.n_shape, n_expr=a.n_expr, teeth=True,
                                       flame_masks_path=a.flame_masks))
-    subject = a.subject or default_ids(Path(a.export_dir))[0]
+    subject = a.subject or default_ids(Path(a.source_sequence or a.export_dir))[0]
     split = a.split or split_for_subject(subject, dict(zip(("train", "val", "test"), a.split_fractions)))
     path = convert(head, a.ga_dir, a.export_dir, a.out, index=not a.no_index, jpeg_quality=a.jpeg_quality,
                    subject=subject, sequence=a.sequence, split=split, size=a.size, portrait_size=a.portrait_size,
                    max_frames=a.frames, cameras=a.cameras, frame_format=a.format, max_points=a.max_points,
                    portrait_camera=a.portrait_camera, portrait_timestep=a.portrait_timestep,
                    flame_source=a.flame_source, static_offset=not a.no_static_offset,
-                   legacy_quat_order=a.legacy_quat_order)
+                   legacy_quat_order=a.legacy_quat_order, principal_point=a.principal_point,
+                   source_sequence=a.source_sequence)
     print(json.dumps({"shard": str(path), "subject": subject, "split": split}))
     return 0
 

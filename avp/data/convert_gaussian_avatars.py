@@ -6,7 +6,23 @@ Inputs (formats of ShenhanQian/GaussianAvatars and ShenhanQian/VHAP; see ``datas
   ``x y z``, ``f_dc_*``, ``f_rest_*``, ``opacity`` (logit), ``scale_*`` (face-relative log scales), ``rot_*``
   (wxyz), ``binding_0`` (face index), and ``flame_param.npz`` beside it (the fit's fine-tuned FLAME parameters);
 - the VHAP export folder: ``transforms_{train,val,test}.json`` (or ``transforms.json``), ``images/``,
-  ``fg_masks/``, ``flame_param/<t>.npz``.
+  ``fg_masks/``, ``flame_param/<t>.npz``; or a combined ("UNION") export made by VHAP's
+  ``combine_nerf_datasets.py``, with ``source_sequence`` naming the sequence to convert.
+
+Cameras. VHAP's export writes ``transform_matrix`` (camera-to-world) and ``cy`` in OpenGL convention: its data
+config defaults to ``camera_convention_conversion = "opencv->opengl"``, which flips the principal point to
+``H - cy`` (``vhap/config/base.py``, ``vhap/util/camera.py`` in ShenhanQian/VHAP). GaussianAvatars reads only
+``camera_angle_x`` and renders with ``fy = fx`` and a centred principal point (``readCamerasFromTransforms`` in
+``scene/dataset_readers.py``): the teacher was fitted under that camera. ``principal_point="centred"`` (default) gives
+the frames that camera, so the teacher renders onto them as GaussianAvatars trained it; ``"calibrated"`` keeps VHAP's
+calibrated principal point (converted back to OpenCV: ``H - cy``) and ``fl_y``, for the true projective geometry.
+
+Combined exports. ``combine_nerf_datasets.py`` renumbers ``timestep_index`` across the sequences it lists in
+``sequences_trainval.txt`` then ``sequences_test.txt`` and points ``file_path`` at ``../<sequence folder>/``; a
+GaussianAvatars fit trained on it stores one ``flame_param.npz`` row per *combined* timestep. Its rows pair with a
+sequence's frames only through the combined numbering, so: convert a UNION fit with the UNION export (and
+``source_sequence``); a fit whose row count differs from the export's timesteps is never paired with it (``auto``
+uses VHAP's per-frame parameters and says why; ``ga`` refuses).
 
 Canonical teacher (PAPER §2.3). A GaussianAvatars Gaussian lives in the frame of its triangle:
 ``world = R_f @ xyz_local * s_f + c_f``, ``scale_world = exp(scale_local) * s_f``, ``q_world = q(R_f) * q_local``.
@@ -22,7 +38,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,6 +52,9 @@ from avp.types import HEAD_PARAM_FIELDS
 FLAME_NAMES = {"shape": "shape", "expr": "expr", "rotation": "global_rot", "neck_pose": "neck_pose",
                "jaw_pose": "jaw_pose", "eyes_pose": "eyes_pose", "translation": "translation"}
 WHITE = (1.0, 1.0, 1.0)  # VHAP exports composite foregrounds on white (GaussianAvatars trains with --white_background)
+PrincipalPoint = Literal["centred", "calibrated"]
+UNION_LISTS = ("sequences_trainval.txt", "sequences_test.txt")
+"""Files of a combined VHAP export naming its sequences, in the order their timesteps are numbered."""
 
 
 class ConversionError(ValueError):
@@ -122,7 +141,7 @@ class VhapFrame:
     camera: int
     camera_id: str
     K: np.ndarray
-    """``[3, 3]`` pixel intrinsics."""
+    """``[3, 3]`` OpenCV pixel intrinsics of the chosen principal-point model."""
     c2w_gl: np.ndarray
     """``[4, 4]`` camera-to-world in OpenGL axes (as in ``transform_matrix``)."""
     width: int
@@ -130,10 +149,35 @@ class VhapFrame:
     image: Path
     mask: Path | None
     flame: Path | None
+    sequence: str | None
+    """The per-sequence folder of a combined export's frame (``file_path`` = ``../<sequence>/…``), else None."""
 
 
-def read_vhap_export(export_dir: str | Path) -> list[VhapFrame]:
-    """All frames listed by ``transforms_{train,val,test}.json`` (or ``transforms.json``), deduplicated."""
+def union_sequences(export_dir: str | Path) -> list[str] | None:
+    """The sequence folders of a combined (UNION) VHAP export in timestep order, or None for a single sequence."""
+    lists = [Path(export_dir) / name for name in UNION_LISTS]
+    if not any(f.is_file() for f in lists):
+        return None
+    return [line.strip() for f in lists if f.is_file() for line in f.read_text().splitlines() if line.strip()]
+
+
+def _intrinsics(fr: dict, db: dict, w: int, h: int, principal_point: PrincipalPoint) -> np.ndarray:
+    """OpenCV ``K [3, 3]`` of one exported frame (see the module docstring for the two models)."""
+    if principal_point == "centred":
+        angle_x = fr.get("camera_angle_x", db.get("camera_angle_x"))
+        fx = w / (2 * np.tan(float(angle_x) / 2)) if angle_x is not None else float(fr.get("fl_x", db.get("fl_x")))
+        return np.array([[fx, 0, w / 2], [0, fx, h / 2], [0, 0, 1]])
+    if principal_point != "calibrated":
+        raise ValueError(f"principal_point must be 'centred' or 'calibrated', got {principal_point!r}")
+    fx, fy = float(fr.get("fl_x", db.get("fl_x"))), float(fr.get("fl_y", db.get("fl_y")))
+    cx, cy_gl = float(fr.get("cx", db.get("cx"))), float(fr.get("cy", db.get("cy")))
+    return np.array([[fx, 0, cx], [0, fy, h - cy_gl], [0, 0, 1]])
+
+
+def read_vhap_export(export_dir: str | Path, *, principal_point: PrincipalPoint = "centred",
+                     sequence: str | None = None) -> list[VhapFrame]:
+    """All frames listed by ``transforms_{train,val,test}.json`` (or ``transforms.json``), deduplicated; of a
+    combined export, only ``sequence``'s frames when it is given (their timesteps keep the combined numbering)."""
     export_dir = Path(export_dir)
     files = [export_dir / f"transforms_{d}.json" for d in ("train", "val", "test")]
     files = [f for f in files if f.exists()] or [export_dir / "transforms.json"]
@@ -151,25 +195,27 @@ def read_vhap_export(export_dir: str | Path) -> list[VhapFrame]:
             where = f"{f}: frames[{i}]"
             try:
                 key = (int(fr["timestep_index"]), int(fr["camera_index"]))
-                fx = float(fr.get("fl_x", db.get("fl_x")))
-                fy = float(fr.get("fl_y", db.get("fl_y")))
-                cx = float(fr.get("cx", db.get("cx")))
-                cy = float(fr.get("cy", db.get("cy")))
                 w = int(fr.get("w", db.get("w")))
                 h = int(fr.get("h", db.get("h")))
+                K = _intrinsics(fr, db, w, h, principal_point)
                 c2w = np.asarray(fr["transform_matrix"], dtype=np.float64)
                 image = export_dir / fr["file_path"]
+                parts = Path(fr["file_path"]).parts
             except (KeyError, TypeError, ValueError) as e:
                 raise ConversionError(f"{where}: missing or malformed field ({type(e).__name__}: {e})") from e
+            frame_sequence = parts[1] if len(parts) > 2 and parts[0] == ".." else None
+            if sequence is not None and frame_sequence != sequence:
+                continue
             if c2w.shape != (4, 4):
                 raise ConversionError(f"{where}: 'transform_matrix' must be 4x4, got {list(c2w.shape)}")
             if not image.suffix:
                 image = image.with_suffix(".png")
             frames[key] = VhapFrame(
                 timestep=key[0], camera=key[1], camera_id=str(fr.get("camera_id", key[1])),
-                K=np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), c2w_gl=c2w, width=w, height=h, image=image,
+                K=K, c2w_gl=c2w, width=w, height=h, image=image,
                 mask=export_dir / fr["fg_mask_path"] if fr.get("fg_mask_path") else None,
-                flame=export_dir / fr["flame_param_path"] if fr.get("flame_param_path") else None)
+                flame=export_dir / fr["flame_param_path"] if fr.get("flame_param_path") else None,
+                sequence=frame_sequence)
     return [frames[k] for k in sorted(frames)]
 
 
@@ -311,17 +357,38 @@ def build_sample(head: Any, ga_dir: str | Path, export_dir: str | Path, *, subje
                  max_frames: int | None = None, cameras: list[int] | None = None, frame_format: str = "jpg",
                  max_points: int | None = None, portrait_camera: int | None = None,
                  portrait_timestep: int | None = None, flame_source: str = "auto", static_offset: bool = True,
-                 legacy_quat_order: bool = False) -> ClipSample:
-    """Read one GaussianAvatars fit + VHAP export into a :class:`ClipSample` (see the module docstring)."""
+                 legacy_quat_order: bool = False, principal_point: PrincipalPoint = "centred",
+                 source_sequence: str | None = None) -> ClipSample:
+    """Read one GaussianAvatars fit + VHAP export into a :class:`ClipSample` (see the module docstring).
+
+    ``source_sequence``: of a combined (UNION) export, the sequence folder to convert (required there, refused for
+    a single-sequence export).
+    """
     ga_dir, export_dir = Path(ga_dir), Path(export_dir)
-    d_subject, d_sequence = default_ids(export_dir)
+    sequences = union_sequences(export_dir)
+    if sequences is not None and source_sequence is None:
+        raise ConversionError(f"{export_dir} is a combined (UNION) VHAP export of {len(sequences)} sequences "
+                              f"({', '.join(sequences[:3])}{', …' if len(sequences) > 3 else ''}); name the one to "
+                              "convert with source_sequence (avp data convert --source-sequence FOLDER)")
+    if sequences is None and source_sequence is not None:
+        raise ConversionError(f"{export_dir} is a single-sequence VHAP export (no {' or '.join(UNION_LISTS)}); "
+                              f"source_sequence={source_sequence!r} applies to combined exports only")
+    if sequences is not None and source_sequence not in sequences:
+        raise ConversionError(f"{export_dir}: sequence {source_sequence!r} is not one of its sequences "
+                              f"({', '.join(sequences)})")
+    d_subject, d_sequence = default_ids(Path(source_sequence) if source_sequence else export_dir)
     subject, sequence = subject or d_subject, sequence or d_sequence
     ply = find_point_cloud(ga_dir)
     fit = read_point_cloud_ply(ply)
     ga_flame_path = ply.parent / "flame_param.npz"
-    frames = read_vhap_export(export_dir)
-    if not frames:
+    every_frame = read_vhap_export(export_dir, principal_point=principal_point)
+    if not every_frame:
         raise ConversionError(f"{export_dir}: the transforms list no frames")
+    n_export_timesteps = max(f.timestep for f in every_frame) + 1  # one fit row per timestep, as GaussianAvatars
+    frames = [f for f in every_frame if source_sequence is None or f.sequence == source_sequence]
+    if not frames:
+        raise ConversionError(f"{export_dir}: no frame of sequence {source_sequence!r} "
+                              f"(file_path ../{source_sequence}/…)")
 
     all_cams = sorted({f.camera for f in frames})
     cams = all_cams if cameras is None else list(cameras)
@@ -352,9 +419,17 @@ def build_sample(head: Any, ga_dir: str | Path, export_dir: str | Path, *, subje
     n_shape, n_expr = head.n_shape, head.n_expr
     ga_flame = load_npz(ga_flame_path) if ga_flame_path.exists() else None
     ga_rows = np.asarray(ga_flame["expr"]).shape[0] if ga_flame is not None and "expr" in ga_flame else 0
-    use_ga = flame_source == "ga" or (flame_source == "auto" and ga_rows > max(timesteps))
     if flame_source == "ga" and ga_flame is None:
         raise FileNotFoundError(f"{ga_flame_path}: --flame-source ga but the fit has no flame_param.npz")
+    mismatch = None
+    if ga_flame is not None and ga_rows != n_export_timesteps:
+        mismatch = (f"{ga_flame_path} has {ga_rows} timesteps but {export_dir} numbers {n_export_timesteps}: the fit "
+                    "was trained on another export (a combined UNION one renumbers timesteps across its sequences), "
+                    "so its rows do not pair with these frames")
+        if flame_source == "ga":
+            raise ConversionError(f"{mismatch}; convert with the export the fit was trained on (for a UNION fit: the "
+                                  "UNION folder and --source-sequence) or use --flame-source vhap")
+    use_ga = flame_source == "ga" or (flame_source == "auto" and ga_flame is not None and mismatch is None)
     if use_ga:
         assert ga_flame is not None
         head_arrays = flame_to_head(ga_flame, timesteps, n_shape=n_shape, n_expr=n_expr, where=str(ga_flame_path))
@@ -431,6 +506,8 @@ def build_sample(head: Any, ga_dir: str | Path, export_dir: str | Path, *, subje
         extra={"point_cloud": str(ply), "export": str(export_dir), "timesteps": timesteps,
                "camera_indices": cams, "camera_ids": [by_key[(timesteps[0], c)].camera_id for c in cams],
                "source_sizes": sorted(sizes), "flame_source": "gaussian_avatars" if use_ga else "vhap",
+               "flame_source_note": mismatch, "principal_point": principal_point,
+               "union_sequence": source_sequence,
                "static_offset": offset is not None, "portrait": {"timestep": pt, "camera": portrait_camera},
                "legacy_quat_order": legacy_quat_order, "points_in_fit": int(fit.xyz.shape[0])})
     return ClipSample(

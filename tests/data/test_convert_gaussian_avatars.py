@@ -14,7 +14,12 @@ from avp.data.manifest import read_manifest
 from avp.data.synthetic.geometry import closest_on_triangles
 from avp.head import HeadConfig, load_head_model
 from tests.fixtures.flame import write_flame_pickle
-from tests.fixtures.gaussian_avatars import FlameSequence, write_gaussian_avatars_output, write_vhap_export
+from tests.fixtures.gaussian_avatars import (
+    FlameSequence,
+    write_gaussian_avatars_output,
+    write_vhap_export,
+    write_vhap_union,
+)
 
 T, C, H, W, N = 3, 3, 24, 32, 240
 
@@ -36,13 +41,13 @@ def _look_at_gl(eye: np.ndarray) -> np.ndarray:
     return c2w
 
 
-def _flame(rng: np.random.Generator, n_vertices: int) -> FlameSequence:
+def _flame(rng: np.random.Generator, n_vertices: int, t: int = T) -> FlameSequence:
     return FlameSequence(
-        shape=rng.normal(0, 0.5, 300).astype(np.float32), expr=rng.normal(0, 0.3, (T, 100)).astype(np.float32),
-        rotation=rng.normal(0, 0.05, (T, 3)).astype(np.float32) * [1, 1, 0],
-        neck_pose=rng.normal(0, 0.05, (T, 3)).astype(np.float32), jaw_pose=np.abs(rng.normal(0, 0.1, (T, 3))) *
-        [1, 0, 0], eyes_pose=rng.normal(0, 0.05, (T, 6)).astype(np.float32),
-        translation=np.zeros((T, 3), np.float32),
+        shape=rng.normal(0, 0.5, 300).astype(np.float32), expr=rng.normal(0, 0.3, (t, 100)).astype(np.float32),
+        rotation=rng.normal(0, 0.05, (t, 3)).astype(np.float32) * [1, 1, 0],
+        neck_pose=rng.normal(0, 0.05, (t, 3)).astype(np.float32), jaw_pose=np.abs(rng.normal(0, 0.1, (t, 3))) *
+        [1, 0, 0], eyes_pose=rng.normal(0, 0.05, (t, 6)).astype(np.float32),
+        translation=np.zeros((t, 3), np.float32),
         static_offset=rng.normal(0, 0.001, (1, n_vertices, 3)).astype(np.float32))
 
 
@@ -50,7 +55,7 @@ def _flame(rng: np.random.Generator, n_vertices: int) -> FlameSequence:
 def fixture_dirs(tmp_path_factory, head):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("ga")
-    flame = _flame(rng, 5023)  # FLAME's vertex count: the converter pads the teeth vertices as GaussianAvatars does
+    flame = _flame(rng, 5143)  # FLAME's 5,023 vertices + 120 teeth vertices, as real VHAP/GaussianAvatars files
     binding = rng.integers(0, head.n_faces, N)
     binding[:10] = np.arange(head.n_faces - 10, head.n_faces)  # teeth faces too
     # face-local: a little off the centroid in the triangle's plane (axes 0 and 2) and along its normal (axis 1)
@@ -104,8 +109,8 @@ def test_teacher_points_land_on_their_faces_of_the_neutral_head(head, fixture_di
 
     import torch
 
-    offset = np.concatenate([flame.static_offset[0], np.zeros((head.n_vertices - 5023, 3))])
-    neutral = head.canonical(torch.from_numpy(flame.shape[None]).float())[0].double().numpy() + offset
+    assert flame.static_offset.shape[1] == head.n_vertices == 5143
+    neutral = head.canonical(torch.from_numpy(flame.shape[None]).float())[0].double().numpy() + flame.static_offset[0]
     faces = head.faces.numpy()
     means, log_scales, R_face, face_scale = _ga_reference(neutral, faces, fit)
     np.testing.assert_array_equal(g.binding, fit["binding"])
@@ -134,16 +139,21 @@ def test_teacher_points_land_on_their_faces_of_the_neutral_head(head, fixture_di
     assert np.mean(nearest == g.binding) > 0.8 and np.mean(same_or_adjacent) > 0.95
 
 
-def test_cameras_frames_and_head_parameters(head, fixture_dirs) -> None:
+@pytest.mark.parametrize("principal_point", ["calibrated", "centred"])
+def test_cameras_frames_and_head_parameters(head, fixture_dirs, principal_point) -> None:
     ga, export, fit, flame = fixture_dirs
-    s = build_sample(head, ga, export, size=32, portrait_size=24, max_frames=2)
+    s = build_sample(head, ga, export, size=32, portrait_size=24, max_frames=2, principal_point=principal_point)
     assert s.meta["frames"] == 2 and s.meta["views"] == C and s.meta["extra"]["timesteps"] == [0, 2]
-    # the world origin projects onto each camera's (padded, resized) principal point, in front of the camera
+    assert s.meta["extra"]["principal_point"] == principal_point
+    # the world origin projects onto each camera's (padded, resized) principal point, in front of the camera:
+    # VHAP's calibrated one (written as OpenGL H - cy, read back as OpenCV), or the image centre GaussianAvatars uses
+    principal = [W / 2 + 1, H / 2 - 1] if principal_point == "calibrated" else [W / 2, H / 2]
     for v in range(C):
         p = s.cameras.viewmats[v] @ np.array([0, 0, 0, 1.0])
         assert p[2] > 0.9
         uv = (s.cameras.Ks[v] @ (p[:3] / p[2]))[:2]
-        np.testing.assert_allclose(uv, [W / 2 + 1, H / 2 - 1 + (W - H) / 2], atol=1e-4)
+        np.testing.assert_allclose(uv, [principal[0], principal[1] + (W - H) / 2], atol=1e-4)
+        assert s.cameras.Ks[v][0, 0] == pytest.approx(s.cameras.Ks[v][1, 1])  # fl_y = fl_x in both fixtures
     # the coloured square stays where the cameras say (pad 24 -> 32 rows: +4)
     assert (s.frames[0, 0, 12:20, 12:20] != 255).all() and (s.frames[0, 0, :4] == 255).all()
     assert s.masks[0, 0, 12:20, 12:20].min() == 255 and s.masks[0, 0, :4].max() == 0
@@ -183,3 +193,78 @@ def test_bad_inputs_are_named(head, fixture_dirs, tmp_path) -> None:
     (moved / "transforms_train.json").write_text(json.dumps(db))
     with pytest.raises(ConversionError, match="camera 0 moves between timesteps"):
         build_sample(head, ga, moved)
+
+
+@pytest.fixture(scope="module")
+def union_dirs(tmp_path_factory, head):
+    """Two sequences of one subject, their combined export, and a GaussianAvatars fit trained on it (one FLAME row per
+    combined timestep: sequence EMO-1's T rows, then FREE's 2 rows)."""
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("union")
+    images = np.full((T, C, H, W, 3), 255, np.uint8)
+    eyes = [np.array([np.sin(a), 0.0, np.cos(a)]) for a in np.deg2rad([-30.0, 0.0, 30.0])]
+    Ks = np.array([[[40.0, 0, W / 2], [0, 40.0, H / 2], [0, 0, 1]]] * C)
+    c2w = np.stack([_look_at_gl(e) for e in eyes])
+    union_flame = _flame(rng, 5143, t=T + 2)
+    parts = {"074_EMO-1_v16_DS4_whiteBg_staticOffset": slice(0, T), "074_FREE_v16_DS4_whiteBg_staticOffset":
+             slice(T, T + 2)}
+    folders = []
+    for name, rows in parts.items():
+        flame = FlameSequence(**{k: (v if k in ("shape", "static_offset") else v[rows])
+                                 for k, v in vars(union_flame).items()})
+        n = rows.stop - rows.start
+        folders.append(write_vhap_export(root / name, flame=flame, images=images[:n], masks=None, Ks=Ks, c2w_gl=c2w))
+    union = write_vhap_union(root / "074_UNION_v16_DS4_whiteBg_staticOffset", train=folders[:1], test=folders[1:])
+    fit = dict(xyz=np.zeros((8, 3)), f_dc=np.zeros((8, 3)), f_rest=np.zeros((8, 45)), opacity=np.zeros(8),
+               scale=np.full((8, 3), -3.0), rot=np.tile([1.0, 0, 0, 0], (8, 1)), binding=np.arange(8))
+    ga = write_gaussian_avatars_output(root / "ga_union", union_flame, **fit)
+    return ga, union, folders, union_flame
+
+
+def test_a_union_fit_pairs_its_rows_with_a_sequence_of_the_union_export(head, union_dirs) -> None:
+    ga, union, folders, flame = union_dirs
+    s = build_sample(head, ga, union, size=32, portrait_size=24, source_sequence=folders[1].name)
+    assert (s.meta["subject"], s.meta["sequence"]) == ("074", "FREE")
+    assert s.meta["extra"]["flame_source"] == "gaussian_avatars" and s.meta["extra"]["timesteps"] == [T, T + 1]
+    # the second sequence's frames get the fit's rows T and T+1 (the combined numbering), not rows 0 and 1
+    np.testing.assert_allclose(s.head["expr"], flame.expr[T:T + 2], atol=1e-6)
+    np.testing.assert_allclose(s.head["jaw_pose"], flame.jaw_pose[T:T + 2], atol=1e-6)
+    with pytest.raises(ConversionError, match=r"combined \(UNION\) VHAP export of 2 sequences.*--source-sequence"):
+        build_sample(head, ga, union)
+    with pytest.raises(ConversionError, match="not one of its sequences"):
+        build_sample(head, ga, union, source_sequence="074_EXP-2_v16")
+    with pytest.raises(ConversionError, match="single-sequence VHAP export"):
+        build_sample(head, ga, folders[1], source_sequence=folders[1].name)
+
+
+def test_a_union_fit_is_never_paired_with_one_sequence_export(head, union_dirs) -> None:
+    ga, union, folders, flame = union_dirs
+    # the FREE sequence's own export numbers its timesteps 0, 1: rows 0, 1 of the union fit belong to EMO-1
+    s = build_sample(head, ga, folders[1], size=32, portrait_size=24)
+    assert s.meta["extra"]["flame_source"] == "vhap"
+    assert f"has {T + 2} timesteps but" in s.meta["extra"]["flame_source_note"]
+    np.testing.assert_allclose(s.head["expr"], flame.expr[T:T + 2], atol=1e-6)  # VHAP's own per-frame files
+    with pytest.raises(ConversionError, match=r"has 5 timesteps but .* numbers 2.*UNION folder and --source-sequence"):
+        build_sample(head, ga, folders[1], flame_source="ga")
+
+
+def test_the_convert_verb_writes_a_shard_of_one_union_sequence(head, union_dirs, tmp_path, capsys) -> None:
+    from avp.data.cli import main
+    from avp.data.reader import iter_raw_samples, resolve_shards
+    from avp.data.schema import decode_sample
+
+    ga, union, folders, flame = union_dirs
+    pkl = write_flame_pickle(tmp_path / "flame2023.pkl", version="2023")
+    out = tmp_path / "shards"
+    code = main(["convert", str(ga), str(union), "--out", str(out), "--flame", str(pkl), "--size", "32",
+                 "--portrait-size", "24", "--split", "train", "--source-sequence", folders[0].name,
+                 "--principal-point", "calibrated"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["subject"] == "074" and printed["split"] == "train"
+    (ref,), _ = resolve_shards(out, "train")
+    (sample,) = [decode_sample(raw, shard=ref.name, decode_frames=False) for raw in iter_raw_samples(ref)]
+    extra = sample.meta["extra"]
+    assert extra["union_sequence"] == folders[0].name and extra["principal_point"] == "calibrated"
+    assert extra["flame_source"] == "gaussian_avatars" and extra["timesteps"] == list(range(T))
+    np.testing.assert_allclose(sample.head["expr"], flame.expr[:T], atol=1e-6)
