@@ -27,19 +27,19 @@ class NoFaceFound(ValueError):
     moderately turned, filling a good part of the frame``.
     """
 
-    def __init__(self, what: str, height: int, width: int) -> None:
+    def __init__(self, what: str, height: int, width: int, detail: str = "") -> None:
         self.what = what
         super().__init__(
             f"no face found in {what} ({height}x{width} image): use a photo in which one face is clearly visible, "
-            "frontal or moderately turned, filling a good part of the frame"
+            f"frontal or moderately turned, filling a good part of the frame{detail}"
         )
 
 
 class MultipleFacesFound(ValueError):
     """Several faces were detected and no choice was made (``choose=None``).
 
-    Message: ``<n> faces found in <what> (boxes x0,y0,x1,y1: …); crop the photo to one face or pass
-    choose="largest"``.
+    Message: ``<n> faces found in <what> (boxes x0,y0,x1,y1: …); crop the photo to one face or use the largest
+    (command line: --choose-largest; Python: choose="largest")``.
     """
 
     def __init__(self, what: str, boxes: Sequence[tuple[float, float, float, float]]) -> None:
@@ -48,5 +48,5 @@ class MultipleFacesFound(ValueError):
         listed = "; ".join(",".join(f"{v:.0f}" for v in b) for b in self.boxes)
         super().__init__(
             f"{len(self.boxes)} faces found in {what} (boxes x0,y0,x1,y1: {listed}); crop the photo to one face or "
-            'pass choose="largest"'
+            'use the largest (command line: --choose-largest; Python: choose="largest")'
         )
