@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 LIGHTNING_VERBS = {
@@ -97,6 +98,38 @@ def add_prediction_writer(trainer: Any) -> Any:
     return writer
 
 
+def config_files(argv: Sequence[str]) -> list[str]:
+    """The files given to ``--config`` / ``-c`` (either ``--config X`` or ``--config=X``)."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def yaml_error(path: str) -> str | None:
+    """Why the YAML file ``path`` does not parse (naming the file, line and column), or None.
+
+    jsonargparse reports a syntax error as ``in "<unicode string>"``, which does not say which of several
+    ``--config`` files it is; every verb checks its config files first.
+    """
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        return None  # jsonargparse names a missing file itself
+    try:
+        yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        return f"config file {file}{where}: not valid YAML: {problem}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -104,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     verb = argv[0]
+    for path in config_files(argv[1:]):
+        problem = yaml_error(path)
+        if problem is not None:
+            print(f"avp {verb}: {problem}", file=sys.stderr)
+            return 2
     if verb in TOOLS:
         module = importlib.import_module(TOOLS[verb][0])
         return int(module.main(argv[1:]) or 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from avp import cli
 
 
@@ -56,3 +58,15 @@ def test_predict_adds_the_prediction_writer_unless_the_config_lists_one(tmp_path
 def test_predict_help_names_what_it_writes(capsys) -> None:
     assert cli.main(["--help"]) == 0
     assert "predictions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verb", ["fit", "benchmark", "demo"])
+def test_a_yaml_syntax_error_names_the_config_file_and_line(verb: str, tmp_path, capsys) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("trainer:\n  max_steps: 3\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args: {lr: [1, 2\n")
+    assert cli.main([verb, "--config", str(good), f"--config={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"avp {verb}: config file {bad} (line 3, column 1): not valid YAML: ")
+    assert str(good) not in err
