@@ -164,7 +164,8 @@ def test_the_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm, tmp_path
 
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").exists():  # training is under way
-        assert job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} ended before the signal" + job_report(job, run_dir)
+        assert job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), \
+            f"job {job} ended before the signal" + job_report(job, run_dir)
         assert time.monotonic() < deadline, f"job {job} never started training" + job_report(job, run_dir)
         time.sleep(0.5)
     # what SLURM sends signal_delay_s before the time limit (sbatch --signal=USR1@…), sent now
