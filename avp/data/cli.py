@@ -186,8 +186,14 @@ def _index(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="avp data index", description="Rebuild shards.json from the shards.")
     p.add_argument("root")
+    p.add_argument("--partial", action="store_true",
+                   help="index the shards of an interrupted `avp data synth` as they are (default: refuse)")
     a = p.parse_args(argv)
-    m = index_directory(a.root, progress=True)
+    try:
+        m = index_directory(a.root, progress=True, partial=a.partial)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"avp data index: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"shards": len(m.shards), "samples": {s: m.samples(s) for s in m.splits}}, indent=2))
     return 0
 

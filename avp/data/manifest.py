@@ -25,6 +25,9 @@ from avp.data.schema import SCHEMA_VERSION
 from avp.data.writer import ShardInfo
 
 MANIFEST_NAME = "shards.json"
+SYNTH_PROGRESS = ".synth-progress.json"
+"""Written by ``avp data synth`` before its first shard and removed with the manifest: its config, so that a rerun
+of an interrupted synthesis keeps the finished shards and renders only the missing subjects."""
 MANIFEST_FORMAT = "avp-shards"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -159,17 +162,21 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 
 def index_directory(root: str | os.PathLike, *, created_by: dict[str, Any] | None = None,
-                    progress: bool = False) -> Manifest:
+                    progress: bool = False, partial: bool = False) -> Manifest:
     """Rebuild ``shards.json`` from the ``*.tar`` files under ``root`` (e.g. after parallel ``avp data convert``
     runs with ``--no-index``): reads every sample's ``meta.json`` for its split, subject and head model, and hashes
     every shard. Raises :class:`~avp.data.schema.ShardError` on a broken shard and ``ValueError`` when shards
-    disagree (head model, mixed splits inside one shard, a subject in two splits)."""
+    disagree (head model, mixed splits inside one shard, a subject in two splits), or when ``root`` holds an
+    interrupted ``avp data synth`` (:data:`SYNTH_PROGRESS`) and ``partial`` is not set."""
     from tqdm import tqdm
 
     from avp.data.reader import ShardRef, iter_raw_samples
     from avp.data.schema import ShardError, decode_meta
 
     root = Path(root)
+    if (root / SYNTH_PROGRESS).exists() and not partial:
+        raise ValueError(f"{root}: an interrupted `avp data synth` has not finished ({SYNTH_PROGRESS} is there): rerun "
+                         "the same synth command to finish it, or index the shards written so far with --partial")
     tars = sorted(p for p in root.rglob("*.tar") if not p.name.startswith("."))
     if not tars:
         raise FileNotFoundError(f"{root}: no *.tar shards to index")

@@ -127,20 +127,21 @@ def _subject_of(members: dict[str, bytes]) -> str:
 
 class SplitShardWriter:
     """Spread samples over shards of one split: ``{prefix}{split}-{index:06d}.tar``, at most ``max_samples`` per
-    shard, and a shard is finished once it reaches ``max_bytes``."""
+    shard, and a shard is finished once it reaches ``max_bytes``. ``start_index``: the first shard's index (a
+    resumed run continues after the shards it kept)."""
 
     def __init__(self, out_dir: str | os.PathLike, split: str, *, max_samples: int = 64,
-                 max_bytes: int = 1 << 30, prefix: str = "") -> None:
+                 max_bytes: int = 1 << 30, prefix: str = "", start_index: int = 0) -> None:
         if max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-        self.out_dir, self.split, self.prefix = Path(out_dir), split, prefix
+        self.out_dir, self.split, self.prefix, self.start_index = Path(out_dir), split, prefix, start_index
         self.max_samples, self.max_bytes = max_samples, max_bytes
         self.shards: list[ShardInfo] = []
         self._current: TarShardWriter | None = None
 
     def add(self, members: dict[str, bytes]) -> None:
         if self._current is None:
-            name = f"{self.prefix}{self.split}-{len(self.shards):06d}.tar"
+            name = f"{self.prefix}{self.split}-{self.start_index + len(self.shards):06d}.tar"
             self._current = TarShardWriter(self.out_dir / name, split=self.split, relative_to=self.out_dir)
         cur = self._current
         cur.add(members)
@@ -161,8 +162,10 @@ class SplitShardWriter:
 
 
 def write_shards(samples: Iterable[dict[str, bytes]], out_dir: str | os.PathLike, *, split_of: dict[str, str],
-                 max_samples: int = 64, max_bytes: int = 1 << 30, prefix: str = "") -> list[ShardInfo]:
-    """Write encoded samples into per-split shards; ``split_of`` maps a sample key to its split.
+                 max_samples: int = 64, max_bytes: int = 1 << 30, prefix: str = "",
+                 start_index: dict[str, int] | None = None) -> list[ShardInfo]:
+    """Write encoded samples into per-split shards; ``split_of`` maps a sample key to its split, ``start_index`` a
+    split to the index of its first new shard (default 0).
 
     Returns the finished shards in writing order. On an exception every unfinished shard is removed.
     """
@@ -173,7 +176,7 @@ def write_shards(samples: Iterable[dict[str, bytes]], out_dir: str | os.PathLike
             split = split_of[key]
             if split not in writers:
                 writers[split] = SplitShardWriter(out_dir, split, max_samples=max_samples, max_bytes=max_bytes,
-                                                  prefix=prefix)
+                                                  prefix=prefix, start_index=(start_index or {}).get(split, 0))
             writers[split].add(members)
     except BaseException:
         for w in writers.values():

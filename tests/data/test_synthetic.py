@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from avp.data import cli
-from avp.data.manifest import read_manifest
+from avp.data.manifest import SYNTH_PROGRESS, read_manifest
 from avp.data.preview import iter_samples
 from avp.data.schema import GAUSSIAN_FIELDS, teacher_cloud
 from avp.data.synthetic import SynthConfig, make_subject, synthesize
@@ -208,8 +208,50 @@ def test_a_crash_leaves_no_complete_looking_dataset(tmp_path, monkeypatch) -> No
         synthesize(cfg, tmp_path, workers=1, progress=False)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "shards.json" not in names and not any(n.endswith(".tmp") for n in names)
-    assert names == ["train-000000.tar", "train-000001.tar"]  # complete shards only (renamed when finished)
+    # complete shards only (renamed when finished), and the record that lets a rerun finish the job
+    assert names == [SYNTH_PROGRESS, "train-000000.tar", "train-000001.tar"]
     assert [s.key for _, s in iter_samples(tmp_path / "train-000001.tar")] == ["synth-000001__clip0"]
+
+
+def test_a_rerun_finishes_an_interrupted_synthesis_as_if_it_never_stopped(tmp_path, monkeypatch, capsys) -> None:
+    cfg = SynthConfig(subjects=6, seed=2, val_fraction=0.2, test_fraction=0.2, **{**TINY, "shard_samples": 1})
+    reference = synthesize(cfg, tmp_path / "whole", workers=1, progress=False)
+    real = generate_module.make_subject
+    rendered: list[int] = []
+
+    def dies_at_four(cfg, index, split, head):
+        if index == 4:
+            raise RuntimeError("killed")
+        rendered.append(index)
+        return real(cfg, index, split, head)
+
+    monkeypatch.setattr(generate_module, "make_subject", dies_at_four)
+    out = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="killed"):
+        synthesize(cfg, out, workers=1, progress=False)
+    assert rendered == [0, 1, 2, 3]
+    assert cli.main(["index", str(out)]) == 2
+    assert "interrupted `avp data synth` has not finished" in capsys.readouterr().err
+    assert cli.main(["index", str(out), "--partial"]) == 0  # what is there, when asked for
+    assert read_manifest(out).samples("train") + read_manifest(out).samples("val") == 3
+    (out / "shards.json").unlink()
+    with pytest.raises(FileExistsError, match=r"another config \(differs in seed\)"):
+        synthesize(dataclasses.replace(cfg, seed=3), out, workers=1, progress=False)
+
+    monkeypatch.setattr(generate_module, "make_subject", lambda *a: rendered.append(a[1]) or real(*a))
+    rendered.clear()
+    resumed = synthesize(cfg, out, workers=1, progress=False)
+    assert rendered == [4, 5]  # only what was missing
+    assert not (out / SYNTH_PROGRESS).exists()
+    strip = [(s.path, s.split, s.samples, s.sha256, s.subjects) for s in reference.shards]
+    assert [(s.path, s.split, s.samples, s.sha256, s.subjects) for s in resumed.shards] == strip
+
+
+def test_an_unknown_shard_in_the_folder_is_never_taken_for_progress(tmp_path) -> None:
+    cfg = SynthConfig(subjects=2, seed=1, val_fraction=0, test_fraction=0, **TINY)
+    (tmp_path / "train-000003.tar").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="holds shards but no shards.json"):
+        synthesize(cfg, tmp_path, workers=1, progress=False)
 
 
 def test_cli_synth_validate_preview(tmp_path, capsys) -> None:

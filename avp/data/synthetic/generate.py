@@ -10,8 +10,10 @@ with one torch thread, so a dataset is byte-identical whatever the number of wor
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from avp.data.manifest import MANIFEST_NAME, Manifest, assign_splits, read_manifest, write_manifest
+from avp.atomic import atomic_write_json
+from avp.data.manifest import (
+    MANIFEST_NAME,
+    SYNTH_PROGRESS,
+    Manifest,
+    ShardInfo,
+    assign_splits,
+    read_manifest,
+    write_manifest,
+)
 from avp.data.schema import ClipSample, encode_sample, make_meta, sample_key, teacher_cloud
 from avp.data.synthetic import motion
 from avp.data.synthetic.appearance import sample_appearance
@@ -197,11 +208,50 @@ def _work(job: tuple[int, str]) -> dict[str, bytes]:
     return encode_sample(make_subject(_WORKER["cfg"], index, split, _WORKER["head"]))
 
 
+SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{6})\.tar$")
+
+
+def _finished_shards(out: Path, cfg: SynthConfig, jobs: list[tuple[int, str]]) -> dict[str, list[ShardInfo]]:
+    """The shards an interrupted synthesis of ``cfg`` into ``out`` finished, per split, checked against what an
+    uninterrupted run writes there (shard ``k`` of a split holds that split's subjects ``k*S .. (k+1)*S-1``, in job
+    order); raises when the folder holds anything else."""
+    from avp.data.reader import ShardRef, file_sha256, iter_raw_samples
+    from avp.data.schema import decode_meta
+
+    recorded = json.loads((out / SYNTH_PROGRESS).read_text())
+    wanted = json.loads(json.dumps(asdict(cfg)))  # as recorded (tuples become lists)
+    if recorded.get("config") != wanted:
+        differing = sorted(k for k in wanted if recorded.get("config", {}).get(k) != wanted[k])
+        raise FileExistsError(f"{out}: holds an interrupted synthesis with another config (differs in "
+                              f"{', '.join(differing)}); rerun it with the same options or pass overwrite=True "
+                              "(--overwrite) to start over")
+    subjects_of = {s: [subject_id(i) for i, split in jobs if split == s] for s in dict.fromkeys(s for _, s in jobs)}
+    finished: dict[str, list[ShardInfo]] = {s: [] for s in subjects_of}
+    for path in sorted(p for p in out.glob("*.tar")):
+        match = SHARD_NAME.match(path.name)
+        split = match["split"] if match else None
+        if split not in finished or int(match["index"]) != len(finished[split]):
+            raise FileExistsError(f"{out}: {path.name} is not a shard this synthesis writes next; pass overwrite=True "
+                                  "(--overwrite) to start over")
+        ref = ShardRef(path=str(path), name=path.name)
+        subjects = [decode_meta(raw, shard=path.name)["subject"] for raw in iter_raw_samples(ref, verify=False)]
+        k, size = len(finished[split]), cfg.shard_samples
+        if subjects != subjects_of[split][k * size:(k + 1) * size]:
+            raise FileExistsError(f"{out}: {path.name} holds {subjects}, not what this synthesis puts there; pass "
+                                  "overwrite=True (--overwrite) to start over")
+        finished[split].append(ShardInfo(path=path.name, split=split, samples=len(subjects), sha256=file_sha256(path),
+                                         bytes=path.stat().st_size, subjects=subjects))
+    return finished
+
+
 def synthesize(cfg: SynthConfig, out: str | os.PathLike, *, workers: int | None = None, overwrite: bool = False,
                progress: bool = True) -> Manifest:
     """Render ``cfg.subjects`` subjects into shards under ``out`` and write ``shards.json`` last.
 
-    ``workers``: processes (default: all cores). A crash leaves no shard under its final name and no manifest.
+    ``workers``: processes (default: all cores). A crash leaves no shard under its final name and no manifest, and
+    a rerun with the same config finishes it: the finished shards are kept (checked), only the missing subjects are
+    rendered, and the dataset is the one an uninterrupted run writes (:data:`~avp.data.manifest.SYNTH_PROGRESS`
+    holds the config meanwhile).
     """
     from tqdm import tqdm
 
@@ -217,12 +267,27 @@ def synthesize(cfg: SynthConfig, out: str | os.PathLike, *, workers: int | None 
         (out / MANIFEST_NAME).unlink()
         for s in old.shards:
             (out / s.path).unlink(missing_ok=True)
+    if overwrite and (out / SYNTH_PROGRESS).exists():
+        for path in out.glob("*.tar"):
+            path.unlink()
+        (out / SYNTH_PROGRESS).unlink()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     head = load_head_model(HeadConfig())
     splits = assign_splits(cfg.subjects, {"train": 1 - cfg.val_fraction - cfg.test_fraction,
                                           "val": cfg.val_fraction, "test": cfg.test_fraction}, cfg.seed)
     jobs = list(enumerate(splits))
+    if (out / SYNTH_PROGRESS).exists():
+        finished = _finished_shards(out, cfg, jobs)
+    elif any(out.glob("*.tar")):
+        raise FileExistsError(f"{out}: holds shards but no {MANIFEST_NAME} and no record of an interrupted synthesis; "
+                              "pass overwrite=True (--overwrite) or choose an empty folder")
+    else:
+        finished = {}
+        atomic_write_json(out / SYNTH_PROGRESS, {"config": asdict(cfg)})
+    done = {subject for infos in finished.values() for info in infos for subject in info.subjects}
+    split_order = list(dict.fromkeys(s for _, s in jobs))
+    jobs = [(i, s) for i, s in jobs if subject_id(i) not in done]
     split_of = {sample_key(subject_id(i), "clip0"): s for i, s in jobs}
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc="synth", unit="subject", disable=not progress)
@@ -245,11 +310,16 @@ def synthesize(cfg: SynthConfig, out: str | os.PathLike, *, workers: int | None 
                 bar.update()
 
     try:
-        infos = write_shards(produced(), out, split_of=split_of, max_samples=cfg.shard_samples)
+        written = write_shards(produced(), out, split_of=split_of, max_samples=cfg.shard_samples,
+                               start_index={s: len(infos) for s, infos in finished.items()})
     finally:
         bar.close()
+    # the order an uninterrupted run lists them in: splits as they first appear, then shard index
+    infos = sorted([*(i for infos in finished.values() for i in infos), *written],
+                   key=lambda info: (split_order.index(info.split), info.path))
     manifest = Manifest(root=out, head_model=head.name, n_faces=head.n_faces, shards=infos,
                         created_by={"generator": "avp.data.synthetic", "config": asdict(cfg), "git": git_sha()})
     write_manifest(out, manifest)
+    (out / SYNTH_PROGRESS).unlink()
     return manifest
 
