@@ -17,7 +17,8 @@ Writes into ``DIR`` (and prints each path):
   FLAME-topology avatar (``flame2023+teeth``); avatars on the built-in head keep the layout but not the topology;
 - ``avatar_world.ply``: the avatar at rest in world space, INRIA 3DGS layout (SH padded to degree 3), for ordinary
   splat viewers;
-- ``driving.npz``: the driving sequence in avp's npz layout; ``avatar/``: the avatar itself (``Avatar.load``).
+- ``driving.npz``: the driving sequence in avp's npz layout; ``avatar/``: the avatar itself
+  (:func:`avp.export.load_avatar`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from avp.atomic import atomic_write_json
     from avp.driving import VIDEO_SUFFIXES, load_driving, load_driving_npz, save_driving_npz
+    from avp.export.avatar import save_avatar
     from avp.export.ply import (
         to_gaussian_avatars,
         write_flame_param_npz,
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings["reconstruct_s"] = time.perf_counter() - t0
     _say(f"avatar: {avatar.n_points} points" + ("" if avatar.meta["finished"] else
                                                  " (sampling stopped at max_points before EOS)"))
-    avatar.save(out / "avatar")
+    save_avatar(avatar, out / "avatar")
     done("avatar", out / "avatar")
 
     t0 = time.perf_counter()

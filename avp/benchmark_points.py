@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avp.metrics import binding_agreement, chamfer_distance, f_score
+from avp.metrics.point_cloud import binding_agreement, chamfer_distance, f_score
 
 SOURCES = ("generated", "template", "resampled", "teacher")
 """Named as :class:`avp.benchmark.BenchmarkRow`'s ``eval_points``."""
@@ -70,9 +70,9 @@ def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Seq
         seeds: sampling seeds, one draw per subject and seed.
         temperature: sampling temperature (None: the decoder's).
     """
+    from avp.checkpoints import load_avatar_model
     from avp.data.schema import teacher_cloud
     from avp.data.synthetic.generate import resample_teacher
-    from avp.eval.runner import load_decoder
     from avp.types import HeadParams
 
     samples = held_out_subjects(data_root, split)
@@ -81,9 +81,9 @@ def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Seq
     device = torch.device("cpu")
     results = []
     for i, seed in enumerate(seeds):
-        module = load_decoder(decoder_ckpts[i], device)
-        sampling = module.sampling if temperature is None else dataclasses.replace(module.sampling,
-                                                                                  temperature=temperature)
+        model, _ = load_avatar_model(decoder_ckpts[i], device=device)
+        sampling = model.sampling if temperature is None else dataclasses.replace(model.sampling,
+                                                                                 temperature=temperature)
         per_source: dict[str, list[dict[str, float]]] = {s: [] for s in SOURCES}
         for sample in samples:
             teacher = teacher_cloud(sample.gaussians)
@@ -93,14 +93,14 @@ def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Seq
             shape = torch.from_numpy(np.asarray(sample.head["shape"], dtype=np.float32))[None]
             subject_seed = seed * 1_000_003 + zlib.crc32(sample.meta["subject"].encode())
             gen = torch.Generator(device=device).manual_seed(subject_seed)
-            condition = module.generator.encode_condition(portrait, head)
-            out = module.generator.sample(condition, sampling, gen, shape=shape)
+            condition = model.encode_condition(portrait, head)
+            out = model.generator.sample(condition, sampling, gen, shape=shape)
             n = int(out.n_points[0])
             per_source["generated"].append(cloud_metrics(out.points[0, :n], out.binding[0, :n], target,
                                                          target_binding, taus))
-            means, binding = module._template_cloud(shape)
+            means, binding = model.template_cloud(shape)
             per_source["template"].append(cloud_metrics(means[0], binding[0], target, target_binding, taus))
-            resampled = resample_teacher(sample.meta, module.head_model)
+            resampled = resample_teacher(sample.meta, model.head_model)
             per_source["resampled"].append(cloud_metrics(
                 torch.from_numpy(resampled.means), torch.from_numpy(resampled.binding.astype(np.int64)), target,
                 target_binding, taus))

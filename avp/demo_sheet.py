@@ -59,6 +59,7 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
     """Write the contact sheet PNG for the first ``subjects`` clips of ``split``; returns its path."""
     from PIL import Image, ImageDraw
 
+    from avp.checkpoints import load_avatar_model
     from avp.data.schema import decode_sample
     from avp.eval.protocol import load_protocol
     from avp.eval.runner import (
@@ -66,8 +67,6 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
         TeacherMethod,
         _stream,
         list_clips,
-        load_decoder,
-        render_avatar,
         sampling_config,
         source_from_sample,
         target_from_sample,
@@ -76,10 +75,12 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
     device = torch.device("cpu")
     protocol = load_protocol(Path(__file__).resolve().parents[1] / "configs" / "eval" / "self_reenactment.yaml",
                              [f"render.resolution={size}"])
-    decoder, template = load_decoder(decoder_ckpt, device), load_decoder(template_ckpt, device)
+    (decoder, decoder_hp), (template, template_hp) = (load_avatar_model(decoder_ckpt, device=device),
+                                                      load_avatar_model(template_ckpt, device=device))
     methods = [
-        DecoderMethod("generated", decoder, "generated", sampling_config(decoder, protocol), "clip", {}),
-        DecoderMethod("template", template, "template", sampling_config(template, protocol), "clip", {}),
+        DecoderMethod("generated", decoder, decoder_hp, "generated", sampling_config(decoder, protocol), "clip", {}),
+        DecoderMethod("template", template, template_hp, "template", sampling_config(template, protocol), "clip",
+                      {}),
         TeacherMethod(decoder.head_model, "lbs"),
     ]
     clips, _ = list_clips(str(data_root), split)
@@ -97,7 +98,8 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
         renders = []
         for i, method in enumerate(methods):
             avatar = method.build(source, seed + i)
-            rgb = render_avatar(avatar, target.head, target.cameras, target.background)  # [1, 1, 3, H, W]
+            rgb = avatar.render(target.cameras, target.head, background=target.background,
+                                chunk=len(target.frame_index)).rgb  # [1, 1, 3, H, W]
             renders.append(_to_uint8(rgb[0, 0], size))
             if i == 0:
                 cloud = avatar.cloud

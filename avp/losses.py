@@ -10,7 +10,7 @@
   local variances, images reflect-padded so the SSIM map covers every pixel, the mean of the map per image.
   (scikit-image instead averages only the map's interior, away from a 5-pixel border.)
 - **LPIPS**: the mean of a given LPIPS module on images mapped to -1..1; the module must carry real pretrained
-  weights (:func:`avp.eval.lpips.load_lpips`): this file never builds one, and a non-zero weight without a module is
+  weights (:func:`avp.metrics.lpips.load_lpips`): this file never builds one, and a non-zero weight without a module is
   an error, never a silent zero.
 - **Reg** (the paper leaves it unspecified; ours, in the spirit of GaussianAvatars' position and scale losses):
   ``Reg = w_offset * mean_n (|d_n| / offset_scale)^2 + w_scale * mean_n sum_axes relu(s_n - scale_threshold) /

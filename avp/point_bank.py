@@ -1,4 +1,5 @@
-"""A bank of generated point clouds for the training subjects (no Lightning: inference code may import it).
+"""A bank of generated point clouds for the training subjects (no Lightning: inference code may import it), and
+the stage-2 model's inputs on them (:func:`bank_inputs`).
 
 The decoder of the full model is *tested* on clouds sampled from the frozen generator, so it should also be *trained*
 on them (``DecoderModule(points="generated_bank")``). Sampling a cloud costs one forward per token, so the clouds are
@@ -29,7 +30,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ import torch
 from torch import Tensor
 
 from avp.atomic import atomic_open, atomic_write_json
+from avp.models.avatar import AvatarModel, PointInputs
 from avp.sampling import SamplingConfig
+from avp.types import AvatarBatch, HeadParams
 
 log = logging.getLogger(__name__)
 
@@ -276,3 +279,97 @@ class PointBank:
                 self._memory[subject] = entry
             entries.append(entry)
         return entries
+
+
+@torch.no_grad()
+def bank_entries(model: AvatarModel, bank: PointBank, seed: int, subjects: list[str], portrait: Tensor,
+                 portrait_head: HeadParams, shape: Tensor) -> list[BankEntry]:
+    """The bank's clouds of ``subjects`` (portraits ``[B, 3, H, W]``, their head parameters ``[B]``, identities
+    ``[B, S]``); subjects not in the bank yet are sampled now from ``model``'s generator (``bank.samples`` clouds each
+    in one call, cloud ``k`` seeded by ``subject_seed(seed, subject) + k``: what :func:`fill_bank` stores) and stored.
+    A new subject's condition is encoded alone: the mesh condition's eval-mode surface sampling draws ``[B, n]``
+    points from one seeded generator, so a subject's condition (and clouds) would otherwise depend on its
+    batch-mates."""
+
+    def build(i: int, subject: str) -> BankEntry:
+        one = slice(i, i + 1)
+        condition = model.encode_condition(portrait[one], portrait_head.map(lambda t: t[one]))
+        return sample_entries(model.generator, condition, shape[one], model.sampling, bank.samples,
+                              [subject_seed(seed, subject)])[0]
+
+    return bank.get(subjects, build)
+
+
+@torch.no_grad()
+def fill_bank(model: AvatarModel, bank: PointBank, seed: int, samples: Iterable[Any], batch_size: int,
+              total: int | None = None, rank: int = 0, world_size: int = 1) -> int:
+    """Sample the bank's clouds of every subject in ``samples`` (decoded shard samples: ``meta``, ``portrait``,
+    ``portrait_head``, ``head``) that it lacks, ``batch_size`` subjects per batched call; subject ``i`` is this rank's
+    when ``i % world_size == rank``. Returns how many subjects this rank sampled."""
+    from tqdm import tqdm
+
+    device = model.template_bary.device
+    batch_size = max(int(batch_size), 1)
+    bar = tqdm(total=total, desc="point bank", unit="subject", disable=rank != 0)
+    todo: list[Any] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        if not todo:
+            return
+        conditions, shapes = [], []
+        for sample in todo:  # each condition alone (see bank_entries)
+            portrait = torch.from_numpy(sample.portrait.copy()).permute(2, 0, 1)[None].float().div(255)
+            head = HeadParams.from_dict({k: torch.as_tensor(v)[None] for k, v in sample.portrait_head.items()})
+            conditions.append(model.encode_condition(portrait.to(device), head.to(device)))
+            shapes.append(torch.as_tensor(sample.head["shape"], dtype=torch.float32)[None])
+        subjects = [sample.meta["subject"] for sample in todo]
+        entries = sample_entries(model.generator, torch.cat(conditions), torch.cat(shapes).to(device),
+                                 model.sampling, bank.samples, [subject_seed(seed, s) for s in subjects])
+        for subject, entry in zip(subjects, entries):
+            bank.put(subject, entry)
+        done += len(todo)
+        todo.clear()
+
+    for i, sample in enumerate(samples):
+        bar.update(1)
+        if i % world_size != rank or not bank.missing([sample.meta["subject"]]):
+            continue
+        todo.append(sample)
+        if len(todo) == batch_size:
+            flush()
+    flush()
+    bar.close()
+    return done
+
+
+@torch.no_grad()
+def bank_inputs(model: AvatarModel, batch: AvatarBatch, condition: Tensor, entries: Sequence[BankEntry],
+                use_teacher: Tensor, draw: Tensor) -> PointInputs:
+    """The decoder's inputs of a batch (its condition tokens ``[B, C, D]``) on its subjects' bank clouds: row ``i``
+    takes cloud ``draw[i]`` of ``entries[i]``, or its teacher cloud where ``use_teacher[i]``. Features are the frozen
+    generator's teacher-forced hidden states of the stored tokens (what sampling computed for them)."""
+    shape = batch.head.shape[:, 0] if batch.head.shape.ndim == 3 else batch.head.shape
+    portrait = batch.portrait
+    device, B = portrait.device, portrait.shape[0]
+    tok = model.tokenizer
+    teacher_mask = batch.teacher.valid_mask()
+    seqs, finished = [], []
+    for i, entry in enumerate(entries):
+        if bool(use_teacher[i]):
+            t, n = model.generator.teacher_tokens(batch.teacher.means[i : i + 1], batch.binding[i : i + 1],
+                                                  teacher_mask[i : i + 1])
+            seqs.append(t[0, : int(n[0])])
+            finished.append(True)
+        else:
+            k = int(draw[i])
+            # EOS closes clouds that stopped at max_points too: causal, so no point's features see it
+            seqs.append(torch.cat([entry.body(k).to(device), torch.tensor([tok.eos_id], device=device)]))
+            finished.append(bool(entry.finished[k]))
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=device)
+    tokens = torch.full((B, int(lengths.max())), tok.pad_id, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = s
+    return model.prepare_tokens(condition, tokens, lengths, torch.tensor(finished, device=device), portrait,
+                                batch.portrait_head, shape, batch.extras.get("portrait_cameras"))

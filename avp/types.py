@@ -8,6 +8,7 @@ or ``B, T`` for a sequence); the trailing ones are fixed. All containers are pla
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 HEAD_PARAM_FIELDS = ("shape", "expr", "global_rot", "neck_pose", "jaw_pose", "eyes_pose", "translation")
 
@@ -255,3 +257,23 @@ class AvatarBatch(TensorContainer):
     @property
     def batch_size(self) -> int:
         return self.portrait.shape[0]
+
+
+def as_config(cls: type[C], value: C | dict[str, Any] | None) -> C:
+    """``value`` as dataclass ``cls``: None -> defaults, a dict (e.g. from a checkpoint) -> built field by field."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"{cls.__name__}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; valid fields are {sorted(names)}")
+    kwargs = {}
+    for key, item in value.items():
+        hint = hints[key]
+        kwargs[key] = as_config(hint, item) if dataclasses.is_dataclass(hint) and isinstance(item, dict) else item
+    return cls(**kwargs)

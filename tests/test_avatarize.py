@@ -18,6 +18,7 @@ from skimage import data
 from avp.cli import TOOLS
 from avp.cli import main as avp_main
 from avp.driving import load_driving_npz
+from avp.export.avatar import load_avatar
 from avp.export.ply import (
     from_gaussian_avatars,
     gaussian_avatars_fields,
@@ -27,7 +28,6 @@ from avp.export.ply import (
     splat_fields,
 )
 from avp.export.video import read_video
-from avp.pipeline import Avatar
 from tests.portrait.tiny_models import build_tiny_checkpoints
 
 FRAMES, ORBIT, SIZE = 7, 5, 48
@@ -75,7 +75,7 @@ def test_the_report_describes_what_was_written(outputs):
     on_disk = {p.relative_to(outputs).as_posix() for p in outputs.iterdir()} | {
         p.relative_to(outputs).as_posix() for p in (outputs / "gaussian_avatars").iterdir()}
     assert written == on_disk - {"gaussian_avatars"}  # every output reported, nothing reported that is not there
-    avatar = Avatar.load(outputs / "avatar")
+    avatar = load_avatar(outputs / "avatar")
     assert report["avatar"]["n_points"] == avatar.n_points and report["avatar"]["seed"] == avatar.meta["seed"] == 3
     sampling = report["avatar"]["sampling"]
     assert (sampling["temperature"], sampling["top_k"], sampling["top_p"]) == (0.9, 50, 0.95)
@@ -86,7 +86,7 @@ def test_the_report_describes_what_was_written(outputs):
 
 
 def test_the_portrait_crop_is_the_avatars_portrait(outputs):
-    avatar = Avatar.load(outputs / "avatar")
+    avatar = load_avatar(outputs / "avatar")
     crop = np.asarray(Image.open(outputs / "portrait.png"))
     assert crop.dtype == np.uint8 and crop.shape == (*avatar.portrait.shape[1:], 3)
     assert np.abs(crop / 255.0 - avatar.portrait.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
@@ -94,7 +94,7 @@ def test_the_portrait_crop_is_the_avatars_portrait(outputs):
 
 
 def test_the_driving_parameters_are_the_requested_motion_on_the_avatars_identity(outputs):
-    avatar = Avatar.load(outputs / "avatar")
+    avatar = load_avatar(outputs / "avatar")
     drive = np.load(outputs / "driving.npz")
     n_expr = avatar.head_model.n_expr
     widths = {"expr": n_expr, "global_rot": 3, "neck_pose": 3, "jaw_pose": 3, "eyes_pose": 6, "translation": 3}
@@ -107,7 +107,7 @@ def test_the_driving_parameters_are_the_requested_motion_on_the_avatars_identity
 
 
 def test_videos_have_the_expected_frames_and_show_the_avatar(outputs):
-    avatar = Avatar.load(outputs / "avatar")
+    avatar = load_avatar(outputs / "avatar")
     driven = np.stack(list(read_video(outputs / "driven.mp4"))).astype(np.float64)
     orbit = np.stack(list(read_video(outputs / "orbit.mp4"))).astype(np.float64)
     assert driven.shape == (FRAMES, SIZE, SIZE, 3)
@@ -124,7 +124,7 @@ def test_videos_have_the_expected_frames_and_show_the_avatar(outputs):
 
 
 def test_exports_agree_with_the_avatar(outputs):
-    avatar = Avatar.load(outputs / "avatar")
+    avatar = load_avatar(outputs / "avatar")
     head = avatar.head_model
     ga_path = outputs / "gaussian_avatars" / "point_cloud.ply"
     names = [p.name for p in PlyData.read(str(ga_path))["vertex"].properties]

@@ -87,3 +87,37 @@ def test_checks_catch_violations() -> None:
     assert cuda_mentions("d = torch.device('cuda')") == [1]
     assert cuda_mentions('d = "cuda:0"') == [1]
     assert cuda_mentions("# .cuda() in a comment is fine") == []
+
+
+LIGHTNING_FREE = ("avp.pipeline", "avp.eval.runner", "avp.eval.cli", "avp.checkpoints", "avp.models.avatar",
+                  "avp.export.avatar", "avp.point_bank", "avp.benchmark_points")
+"""Inference and evaluation: importing them (and all they import) must not load Lightning."""
+
+
+def test_inference_and_evaluation_never_load_lightning() -> None:
+    """Transitively, in a fresh interpreter: a lazy ``from avp.lit …`` anywhere under these would show up here."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfor m in {LIGHTNING_FREE!r}:\n    __import__(m)\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {LIGHTNING_MODULES!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout
+    assert out.strip() == "[]", f"importing {LIGHTNING_FREE} loads {out.strip()}"
+
+
+def _imported_modules(path: Path) -> list[str]:
+    """Every absolute module an ``import`` / ``from … import`` in ``path`` names (lazy ones included)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_pipeline_takes_no_framing_from_synthetic_data() -> None:
+    """The camera framing lives in :mod:`avp.head.framing`, shared by the data generator and the pipeline."""
+    imported = _imported_modules(PACKAGE / "pipeline.py")
+    assert not [m for m in imported if m.startswith("avp.data")], imported

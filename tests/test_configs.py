@@ -198,10 +198,10 @@ def test_header_and_kinds(tmp_path: Path) -> None:
 def fit_rule_errors(config: dict[str, Any]) -> list[str]:
     """What :mod:`avp.lit.config_rules` refuses in a parsed config (empty: it may fit)."""
     from avp.lit.config_rules import decoder_fit_errors, generator_fit_errors
-    from avp.lit.generator import as_config
     from avp.losses import LossWeights
     from avp.models.decoder import DecoderConfig
     from avp.models.encoders import ConditionConfig
+    from avp.types import as_config
 
     model, data = config["model"], (config.get("data") or {}).get("init_args") or {}
     init = model.get("init_args") or {}
@@ -273,7 +273,7 @@ def test_each_decoder_rule_fires_naming_its_keys(change: dict, keys: list[str]) 
     frames, views = change.get("frames_per_sample", 1), change.get("views_per_sample", 2)
     [error] = decoder_fit_errors(decoder, loss, frames, views)
     assert all(key in error for key in keys), error
-    module = SimpleNamespace(decoder=SimpleNamespace(config=decoder), loss_weights=loss)
+    module = SimpleNamespace(model=SimpleNamespace(decoder=SimpleNamespace(config=decoder)), loss_weights=loss)
     datamodule = SimpleNamespace(config=SimpleNamespace(frames_per_sample=frames, views_per_sample=views))
     with pytest.raises(ValueError) as info:
         check_decoder_fit(module, datamodule)

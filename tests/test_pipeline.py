@@ -10,6 +10,7 @@ import torch
 from skimage import data
 
 from avp.driving import builtin_motion
+from avp.export.avatar import load_avatar, save_avatar
 from avp.export.ply import (
     from_gaussian_avatars,
     read_gaussian_avatars_ply,
@@ -19,7 +20,7 @@ from avp.export.ply import (
     write_splat_ply,
 )
 from avp.head.rig import closest_point_on_triangle
-from avp.pipeline import Avatar, AvatarPipeline
+from avp.pipeline import AvatarPipeline
 from avp.portrait.fit import FitConfig
 from tests.portrait.tiny_models import MAX_POINTS, build_tiny_checkpoints
 
@@ -57,7 +58,7 @@ def test_reconstruct_the_astronaut(pipe, portrait, avatar):
     assert int(avatar.binding.max()) < pipe.head_model.n_faces
     for name in ("means", "quats", "scales", "opacities", "sh"):
         assert torch.isfinite(getattr(avatar.cloud, name)).all()
-    lo, hi = pipe.module.tokenizer.bounds  # generated points lie in the tokenizer's box
+    lo, hi = pipe.model.tokenizer.bounds  # generated points lie in the tokenizer's box
     assert ((avatar.points >= lo - 1e-6) & (avatar.points <= hi + 1e-6)).all()
     assert avatar.meta["seed"] == 0 and avatar.meta["n_points"] == n and avatar.meta["fit"]["rms_px"] < 15.0
     assert avatar.portrait is not None and avatar.head_model.name == "builtin-v1"
@@ -71,8 +72,8 @@ def test_template_points_lie_on_the_subjects_neutral_head(pipe, portrait):
     with the neutral parameters gives them back."""
     base = pipe.reconstruct(portrait, points="template", progress=False)
     head = base.head_model
-    assert base.n_points == pipe.module.hparams.template_points
-    half_bin = float(pipe.module.tokenizer.bin_size.double().norm()) / 2  # farthest a point moves into its bin
+    assert base.n_points == pipe.hparams["template_points"]
+    half_bin = float(pipe.model.tokenizer.bin_size.double().norm()) / 2  # farthest a point moves into its bin
     verts = head.canonical(base.shape.double()[None])[0]  # [V, 3] this identity's neutral head
     tri = verts[head.faces[base.binding]]  # [N, 3, 3] each point's bound triangle
     bary = closest_point_on_triangle(base.points.double(), tri)
@@ -117,8 +118,8 @@ def test_animate_reuses_the_rig(avatar, monkeypatch):
 
 
 def test_save_load_round_trip(tmp_path, avatar):
-    avatar.save(tmp_path / "avatar")
-    back = Avatar.load(tmp_path / "avatar")
+    save_avatar(avatar, tmp_path / "avatar")
+    back = load_avatar(tmp_path / "avatar")
     seq = builtin_motion("nod", avatar.head_model, frames=4)
     torch.testing.assert_close(back.animate(seq.head).means, avatar.animate(seq.head).means, atol=0, rtol=0)
     assert torch.equal(back.binding, avatar.binding) and back.animation == avatar.animation
@@ -128,7 +129,7 @@ def test_save_load_round_trip(tmp_path, avatar):
     torch.testing.assert_close(moved.animate(seq.head).means, back.animate(seq.head).means, atol=0, rtol=0)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="avatar.json is missing"):
-        Avatar.load(tmp_path / "empty")
+        load_avatar(tmp_path / "empty")
 
 
 def test_world_ply_means_equal_the_neutral_pose(tmp_path, avatar):
@@ -153,15 +154,33 @@ def test_checkpoint_checks(tmp_path, checkpoints):
     ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1.0
     other = tmp_path / "other_generator.ckpt"
     torch.save(ckpt, other)
-    with pytest.raises(ValueError, match="not the one decoder checkpoint"):
+    with pytest.raises(ValueError, match="is not the generator the decoder was trained on"):
         AvatarPipeline.from_checkpoints(other, checkpoints.decoder, device="cpu")
     with pytest.raises(FileNotFoundError, match="no such decoder checkpoint"):
         AvatarPipeline.from_checkpoints(None, tmp_path / "missing.ckpt", device="cpu")
     with pytest.raises(ValueError):
         AvatarPipeline.from_checkpoints(None, checkpoints.generator, device="cpu")
     # moving the FLAME/head file keeps the trained head config otherwise (here: the built-in head, no file)
-    from avp.pipeline import _trained_head_config
+    from avp.checkpoints import trained_head_config
 
-    cfg = _trained_head_config(checkpoints.decoder, "/elsewhere/flame2023.pkl")
+    cfg = trained_head_config(checkpoints.decoder, "/elsewhere/flame2023.pkl")
     assert cfg.flame_path == "/elsewhere/flame2023.pkl" and cfg.n_shape is None
     assert Path(checkpoints.decoder).is_file()
+
+
+def test_a_decoder_checkpoint_of_the_earlier_layout_still_loads(tmp_path, checkpoints):
+    from avp.checkpoints import load_avatar_model
+    from avp.lit.decoder import DecoderModule
+
+    ckpt = torch.load(checkpoints.decoder, map_location="cpu", weights_only=False)
+    # before the stage-2 model existed, its networks sat at the module's top level: generator.*, decoder.*
+    ckpt["state_dict"] = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    assert any(k.startswith("generator.") for k in ckpt["state_dict"])
+    old = tmp_path / "old_layout.ckpt"
+    torch.save(ckpt, old)
+    current, _ = load_avatar_model(checkpoints.decoder)
+    upgraded, _ = load_avatar_model(old)
+    for (name, a), (_, b) in zip(current.state_dict().items(), upgraded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    module = DecoderModule.load_from_checkpoint(str(old), map_location="cpu")
+    assert all(torch.equal(v, current.state_dict()[k]) for k, v in module.model.state_dict().items())

@@ -66,7 +66,7 @@ def _chunked(rig: Any, params: Any, mode: str, chunk: int) -> None:
 def _loop_baseline(model: Any, rig: Any, params: Any, n_points: int, n_frames: int) -> float:
     """Seconds per point and frame for the same LBS maths done one point at a time in Python."""
     from avp.head.lbs import forward_kinematics
-    from avp.head.rotations import orthonormalize
+    from avp.rotations import orthonormalize
 
     W, E = model.lbs_weights, model.exprdirs
     faces = model.faces[rig.face_idx[0, :n_points]]

@@ -183,17 +183,13 @@ def _animation(n: int, frames: int, device: torch.device, seed: int):
         angles = torch.linspace(-0.5, 0.5, frames, device=device)
 
         def rigid(idx: torch.Tensor):
-            from avp.render.projection import quat_to_rotmat
+            from avp.rotations import quaternion_multiply, quaternion_to_matrix
 
             half = angles[idx] / 2
             q = torch.stack([half.cos(), torch.zeros_like(half), half.sin(), torch.zeros_like(half)], -1)  # about y
-            R = quat_to_rotmat(q)  # [T, 3, 3]
+            R = quaternion_to_matrix(q)  # [T, 3, 3]
             means = torch.einsum("tij,nj->tni", R, cloud.means[0])
-            w1, v1 = q[:, None, :1], q[:, None, 1:]  # [T, 1, ...]: the frame's rotation
-            w2, v2 = cloud.quats[:, :, :1], cloud.quats[:, :, 1:]  # [1, N, ...]: each splat's
-            v1, v2 = torch.broadcast_tensors(v1, v2)
-            quats = torch.cat([w1 * w2 - (v1 * v2).sum(-1, keepdim=True),
-                               w1 * v2 + w2 * v1 + torch.linalg.cross(v1, v2, dim=-1)], -1)  # Hamilton product
+            quats = quaternion_multiply(q[:, None], cloud.quats)  # [T, N, 4]: the frame's rotation after each splat's
             t = idx.numel()
             return type(cloud)(means, quats, cloud.scales.expand(t, -1, -1), cloud.opacities.expand(t, -1),
                                cloud.sh.expand(t, -1, -1, -1))

@@ -481,7 +481,7 @@ def build_sample(head: Any, ga_dir: str | Path, export_dir: str | Path, *, subje
         raise ConversionError(f"portrait timestep {pt} is not among the converted timesteps {timesteps}")
     ti = timesteps.index(pt)
     if portrait_camera is None:
-        from avp.head.rotations import axis_angle_to_matrix
+        from avp.rotations import axis_angle_to_matrix
 
         R = axis_angle_to_matrix(torch.from_numpy(head_arrays["global_rot"][ti]).double()).numpy()
         forward, centre = R[:, 2], head_arrays["translation"][ti]

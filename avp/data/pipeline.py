@@ -1,7 +1,9 @@
 """The streaming pipeline from shards to :class:`avp.types.AvatarBatch` (no Lightning; ``avp.lit.data`` wraps it).
 
 Stages, each a generator: shard list -> :func:`split_by_node` -> :func:`split_by_worker` -> raw samples (checksums
-verified while streaming) -> shuffle buffer (training) -> decode the drawn frames/views -> collate with padding.
+verified while streaming) -> webdataset's ``shuffle`` buffer (training, seeded) -> decode the drawn frames/views into a
+typed :class:`ClipItem` -> :func:`collate` with padding. Why the splits are ours and not webdataset's stages:
+``avp/data/README.md``.
 
 Distribution. Training streams are epoch-sized and resampled: every (rank, worker) cycles over its own disjoint
 share of the shards (or of the samples, when there are fewer shards than ranks x workers) in a fresh random order
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from avp.data.reader import ShardRef, count_samples, iter_raw_samples
@@ -165,14 +168,48 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
 
 
-def sample_to_item(raw: dict[str, bytes], cfg: StreamConfig, rng: np.random.Generator) -> dict[str, Any]:
-    """Decode one raw sample, drawing frames/views with ``rng``; returns tensors ready for :func:`collate`."""
+@dataclass
+class ClipItem:
+    """One decoded sample: the frames/views drawn from one clip, as tensors ready for :func:`collate`."""
+
+    key: str
+    subject: str
+    head_model: str
+    portrait: torch.Tensor
+    """``[3, Hp, Wp]`` in 0..1."""
+    portrait_head: HeadParams
+    """Unbatched head parameters estimated for the portrait."""
+    portrait_camera: Cameras
+    """``Ks [1, 3, 3]``, ``viewmats [1, 4, 4]`` and the portrait's size."""
+    teacher: dict[str, torch.Tensor]
+    """Raw teacher splats: ``means [N, 3]``, ``log_scales [N, 3]``, ``opacity_logits [N]``, ``quats [N, 4]``,
+    ``sh [N, K, 3]``."""
+    binding: torch.Tensor
+    """``[N]`` long, face index of every teacher point."""
+    images: torch.Tensor
+    """``[T, V, 3, H, W]`` in 0..1."""
+    masks: torch.Tensor | None
+    """``[T, V, 1, H, W]`` in 0..1, when the shards have masks."""
+    cameras: Cameras
+    """``Ks [V, 3, 3]``, ``viewmats [V, 4, 4]`` and the (possibly resized) frame size."""
+    head: HeadParams
+    """``[T, ...]`` head parameters of the drawn frames; ``shape [S]`` once per clip."""
+    frame_index: torch.Tensor
+    """``[T]`` long."""
+    view_index: torch.Tensor
+    """``[V]`` long."""
+    background: torch.Tensor
+    """``[3]`` the clip's background colour."""
+
+
+def sample_to_item(raw: dict[str, bytes], cfg: StreamConfig, rng: np.random.Generator) -> ClipItem:
+    """Decode one raw sample, drawing frames/views with ``rng`` (``meta.json`` is parsed once, here)."""
     shard = raw.get("__shard__", b"").decode() or None
     meta = decode_meta(raw, shard=shard)
     decode_frames = cfg.frames_per_sample > 0 and cfg.views_per_sample > 0
     fi = _choose(meta["frames"], cfg.frames_per_sample, rng)
     vi = _choose(meta["views"], cfg.views_per_sample, rng)
-    s = decode_sample(raw, shard=shard, frame_index=fi, view_index=vi, decode_frames=decode_frames)
+    s = decode_sample(raw, shard=shard, frame_index=fi, view_index=vi, decode_frames=decode_frames, meta=meta)
     H, W = meta["height"], meta["width"]
     background = torch.tensor(meta["background"], dtype=torch.float32)
     Ks = torch.from_numpy(s.cameras.Ks[vi]) if vi else torch.zeros(0, 3, 3)
@@ -193,22 +230,24 @@ def sample_to_item(raw: dict[str, bytes], cfg: StreamConfig, rng: np.random.Gene
             images = images.new_zeros(*images.shape[:2], 3, size, size)
             masks = masks.new_zeros(*masks.shape[:2], 1, size, size) if masks is not None else None
         H = W = size
-    head = {k: torch.from_numpy(s.head[k][fi] if k != "shape" else s.head[k]) for k in HEAD_PARAM_FIELDS}
     g = s.gaussians
-    return {
-        "key": s.key, "subject": meta["subject"], "head_model": meta["head_model"],
-        "portrait": _to_float(s.portrait),
-        "portrait_head": {k: torch.from_numpy(v) for k, v in s.portrait_head.items()},
-        "portrait_Ks": torch.from_numpy(s.portrait_camera.Ks), "portrait_viewmats":
-            torch.from_numpy(s.portrait_camera.viewmats),
-        "portrait_size": (s.portrait_camera.width, s.portrait_camera.height),
-        "means": torch.from_numpy(g.means), "binding": torch.from_numpy(g.binding.astype(np.int64)),
-        "log_scales": torch.from_numpy(g.log_scales), "opacity_logits": torch.from_numpy(g.opacity_logits),
-        "quats": torch.from_numpy(g.quats), "sh": torch.from_numpy(g.sh),
-        "images": images, "masks": masks, "Ks": Ks, "viewmats": viewmats, "width": W, "height": H,
-        "head": head, "frame_index": torch.tensor(fi, dtype=torch.long),
-        "view_index": torch.tensor(vi, dtype=torch.long), "background": background,
-    }
+    return ClipItem(
+        key=s.key, subject=meta["subject"], head_model=meta["head_model"],
+        portrait=_to_float(s.portrait),
+        portrait_head=HeadParams(**{k: torch.from_numpy(s.portrait_head[k]) for k in HEAD_PARAM_FIELDS}),
+        portrait_camera=Cameras(Ks=torch.from_numpy(s.portrait_camera.Ks),
+                                viewmats=torch.from_numpy(s.portrait_camera.viewmats),
+                                width=s.portrait_camera.width, height=s.portrait_camera.height),
+        teacher={"means": torch.from_numpy(g.means), "log_scales": torch.from_numpy(g.log_scales),
+                 "opacity_logits": torch.from_numpy(g.opacity_logits), "quats": torch.from_numpy(g.quats),
+                 "sh": torch.from_numpy(g.sh)},
+        binding=torch.from_numpy(g.binding.astype(np.int64)),
+        images=images, masks=masks, cameras=Cameras(Ks=Ks, viewmats=viewmats, width=W, height=H),
+        head=HeadParams(**{k: torch.from_numpy(s.head[k][fi] if k != "shape" else s.head[k])
+                           for k in HEAD_PARAM_FIELDS}),
+        frame_index=torch.tensor(fi, dtype=torch.long), view_index=torch.tensor(vi, dtype=torch.long),
+        background=background,
+    )
 
 
 def _pad_stack(items: list[torch.Tensor], n: int, value: float) -> torch.Tensor:
@@ -218,77 +257,72 @@ def _pad_stack(items: list[torch.Tensor], n: int, value: float) -> torch.Tensor:
     return out
 
 
-def collate(items: list[dict[str, Any]], *, corrupt: tuple[int, list[str]] = (0, [])) -> AvatarBatch:
+def collate(items: list[ClipItem], *, corrupt: tuple[int, list[str]] = (0, [])) -> AvatarBatch:
     """Stack items into an :class:`AvatarBatch`, padding teacher clouds to the largest ``N`` (``teacher.mask``)."""
     if not items:
         raise ValueError("collate needs at least one item")
     first = items[0]
     for it in items[1:]:
         for name in ("width", "height"):
-            if it[name] != first[name]:
-                raise ValueError(f"sample {it['key']!r} has frames of {name} {it[name]}, sample {first['key']!r} "
-                                 f"{first[name]}; set image_size to resize them to one size")
-        if it["sh"].shape[1] != first["sh"].shape[1]:
-            raise ValueError(f"samples {first['key']!r} and {it['key']!r} have different SH degrees")
-        if it["head_model"] != first["head_model"]:
-            raise ValueError(f"samples {first['key']!r} and {it['key']!r} come from different head models "
-                             f"({first['head_model']!r} vs {it['head_model']!r})")
-    n = max(it["means"].shape[0] for it in items)
-    lengths = torch.tensor([it["means"].shape[0] for it in items])
+            if getattr(it.cameras, name) != getattr(first.cameras, name):
+                raise ValueError(f"sample {it.key!r} has frames of {name} {getattr(it.cameras, name)}, sample "
+                                 f"{first.key!r} {getattr(first.cameras, name)}; set image_size to resize them to "
+                                 "one size")
+        if it.teacher["sh"].shape[1] != first.teacher["sh"].shape[1]:
+            raise ValueError(f"samples {first.key!r} and {it.key!r} have different SH degrees")
+        if it.head_model != first.head_model:
+            raise ValueError(f"samples {first.key!r} and {it.key!r} come from different head models "
+                             f"({first.head_model!r} vs {it.head_model!r})")
+    n = max(it.binding.shape[0] for it in items)
+    lengths = torch.tensor([it.binding.shape[0] for it in items])
     mask = torch.arange(n)[None] < lengths[:, None]
     quat_pad = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    quats = _pad_stack([it["quats"] for it in items], n, 0.0)
+    quats = _pad_stack([it.teacher["quats"] for it in items], n, 0.0)
     quats[~mask] = quat_pad
     teacher = activate(
-        means=_pad_stack([it["means"] for it in items], n, 0.0),
-        log_scales=_pad_stack([it["log_scales"] for it in items], n, PAD_LOG_SCALE),
-        opacity_logits=_pad_stack([it["opacity_logits"] for it in items], n, PAD_LOG_SCALE),
+        means=_pad_stack([it.teacher["means"] for it in items], n, 0.0),
+        log_scales=_pad_stack([it.teacher["log_scales"] for it in items], n, PAD_LOG_SCALE),
+        opacity_logits=_pad_stack([it.teacher["opacity_logits"] for it in items], n, PAD_LOG_SCALE),
         quats=quats,
-        sh=_pad_stack([it["sh"] for it in items], n, 0.0),
+        sh=_pad_stack([it.teacher["sh"] for it in items], n, 0.0),
         mask=mask,
     )
-    ps = {tuple(it["portrait"].shape) for it in items}
-    portraits = [it["portrait"] for it in items]
+    ps = {tuple(it.portrait.shape) for it in items}
+    portraits = [it.portrait for it in items]
     if len(ps) > 1:  # different portrait sizes: resize to the first (the encoder resizes anyway)
         size = portraits[0].shape[-2:]
         portraits = [p if p.shape[-2:] == size else
                      F.interpolate(p[None], size=tuple(size), mode="bilinear", antialias=True)[0].clamp(0, 1)
                      for p in portraits]
-    T = first["images"].shape[0]
-
-    def head_params(key: str) -> HeadParams:
-        fields = {}
-        for name in HEAD_PARAM_FIELDS:
-            vals = torch.stack([it[key][name] for it in items])
-            if key == "head" and name == "shape":
-                vals = vals[:, None].expand(-1, T, -1)
-            fields[name] = vals
-        return HeadParams(**fields)
-
-    has_masks = all(it["masks"] is not None for it in items)
-    pw, ph = first["portrait_size"]
+    T = first.images.shape[0]
+    head = HeadParams(**{name: torch.stack([getattr(it.head, name) for it in items]) for name in HEAD_PARAM_FIELDS})
+    head.shape = head.shape[:, None].expand(-1, T, -1)  # [B, S] -> [B, T, S]: every field has the frame dimension
+    portrait_head = HeadParams(**{name: torch.stack([getattr(it.portrait_head, name) for it in items])
+                                  for name in HEAD_PARAM_FIELDS})
+    has_masks = all(it.masks is not None for it in items)
     return AvatarBatch(
-        subject=[it["subject"] for it in items],
+        subject=[it.subject for it in items],
         portrait=_stack(portraits),
-        portrait_head=head_params("portrait_head"),
+        portrait_head=portrait_head,
         teacher=teacher,
-        binding=_pad_stack([it["binding"] for it in items], n, 0),
-        images=_stack([it["images"] for it in items]),
-        cameras=Cameras(Ks=torch.stack([it["Ks"] for it in items]),
-                        viewmats=torch.stack([it["viewmats"] for it in items]),
-                        width=int(first["width"]), height=int(first["height"])),
-        head=head_params("head"),
-        masks=_stack([it["masks"] for it in items]) if has_masks else None,
-        frame_index=torch.stack([it["frame_index"] for it in items]),
-        view_index=torch.stack([it["view_index"] for it in items]),
+        binding=_pad_stack([it.binding for it in items], n, 0),
+        images=_stack([it.images for it in items]),
+        cameras=Cameras(Ks=torch.stack([it.cameras.Ks for it in items]),
+                        viewmats=torch.stack([it.cameras.viewmats for it in items]),
+                        width=int(first.cameras.width), height=int(first.cameras.height)),
+        head=head,
+        masks=_stack([it.masks for it in items]) if has_masks else None,
+        frame_index=torch.stack([it.frame_index for it in items]),
+        view_index=torch.stack([it.view_index for it in items]),
         extras={
-            "key": [it["key"] for it in items],
-            "head_model": first["head_model"],
+            "key": [it.key for it in items],
+            "head_model": first.head_model,
             "n_points": lengths,
-            "background": torch.stack([it["background"] for it in items]),
-            "portrait_cameras": Cameras(Ks=torch.stack([it["portrait_Ks"] for it in items]),
-                                        viewmats=torch.stack([it["portrait_viewmats"] for it in items]),
-                                        width=int(pw), height=int(ph)),
+            "background": torch.stack([it.background for it in items]),
+            "portrait_cameras": Cameras(Ks=torch.stack([it.portrait_camera.Ks for it in items]),
+                                        viewmats=torch.stack([it.portrait_camera.viewmats for it in items]),
+                                        width=int(first.portrait_camera.width),
+                                        height=int(first.portrait_camera.height)),
             "corrupt_skipped": corrupt[0],
             "corrupt_errors": list(corrupt[1]),
         },
@@ -392,7 +426,7 @@ class ClipStream(IterableDataset):
         self._local_iterations += 1
         counter = CorruptCounter(self.cfg.skip_corrupt)
         items = self._train_items(worker, epoch, counter) if self.train else self._eval_items(worker, counter)
-        batch: list[dict[str, Any]] = []
+        batch: list[ClipItem] = []
         for item in items:
             batch.append(item)
             if len(batch) == self.batch_size:
@@ -409,14 +443,14 @@ class ClipStream(IterableDataset):
                 counter.handle(e)
 
     def _decode(self, raw: dict[str, bytes], rng: np.random.Generator, counter: CorruptCounter
-                ) -> dict[str, Any] | None:
+                ) -> ClipItem | None:
         try:
             return sample_to_item(raw, self.cfg, rng)
         except ShardError as e:
             counter.handle(e)
             return None
 
-    def _train_items(self, worker: int, epoch: int, counter: CorruptCounter) -> Iterator[dict[str, Any]]:
+    def _train_items(self, worker: int, epoch: int, counter: CorruptCounter) -> Iterator[ClipItem]:
         slots = self.world_size * self._slots
         shard_level = len(self.shards) >= slots
         if shard_level:
@@ -437,7 +471,9 @@ class ClipStream(IterableDataset):
             else:
                 stream = (raw for i, raw in enumerate(self._raw(self.shards, counter)) if i % slots == slot)
             if self.cfg.shuffle_buffer > 1:
-                stream = _shuffle(stream, self.cfg.shuffle_buffer, rng_py)
+                # webdataset's shuffle stage with our seeded rng (a full buffer before the first draw)
+                buffer = self.cfg.shuffle_buffer
+                stream = wds.shuffle(bufsize=buffer, initial=buffer, rng=rng_py)(stream)
             got_any = False
             for raw in stream:
                 item = self._decode(raw, rng, counter)
@@ -452,12 +488,12 @@ class ClipStream(IterableDataset):
                 raise RuntimeError(f"rank {self.rank} worker {worker}: a full pass over its shards "
                                    f"{[s.name for s in mine]} gave no readable sample ({counter.total} corrupt)")
 
-    def _eval_items(self, worker: int, counter: CorruptCounter) -> Iterator[dict[str, Any]]:
+    def _eval_items(self, worker: int, counter: CorruptCounter) -> Iterator[ClipItem]:
         wanted = Counter(self._eval_indices(worker))
         if not wanted:
             return
         order = sorted(wanted)
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, ClipItem] = {}
         index = 0
         for raw in self._raw(self.shards, counter):
             if index in wanted:
@@ -477,12 +513,5 @@ class ClipStream(IterableDataset):
                 return
 
 
-def _shuffle(stream: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
-    """Sample shuffle buffer (webdataset's ``shuffle`` stage with an explicit, seeded rng)."""
-    from webdataset.filters import _shuffle as wds_shuffle
-
-    return wds_shuffle(stream, bufsize=bufsize, initial=bufsize, rng=rng)
-
-
-__all__ = ["ClipStream", "CorruptCounter", "CorruptionMonitor", "StreamConfig", "collate", "distributed_info",
-           "fit_square", "sample_to_item", "square_intrinsics", "split_by_node", "split_by_worker"]
+__all__ = ["ClipItem", "ClipStream", "CorruptCounter", "CorruptionMonitor", "StreamConfig", "collate",
+           "distributed_info", "fit_square", "sample_to_item", "square_intrinsics", "split_by_node", "split_by_worker"]

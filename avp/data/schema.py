@@ -405,14 +405,17 @@ def _decode_gaussians(raw: dict[str, bytes], meta: dict[str, Any], ctx: _Ctx) ->
 
 
 def decode_sample(raw: dict[str, bytes], *, shard: str | None = None, frame_index: list[int] | None = None,
-                  view_index: list[int] | None = None, decode_frames: bool = True) -> ClipSample:
+                  view_index: list[int] | None = None, decode_frames: bool = True,
+                  meta: dict[str, Any] | None = None) -> ClipSample:
     """Validate and decode one raw sample (member name -> bytes, with ``__key__``).
 
     ``frame_index``/``view_index`` choose which timesteps/cameras to decode (all by default); with
     ``decode_frames=False`` (or an empty index) no frame is decoded. The members of frames that are not decoded are
-    only checked for presence.
+    only checked for presence. ``meta``: what :func:`decode_meta` returned for this ``raw`` when the caller has
+    parsed it already (to choose the indices), so ``meta.json`` is parsed once per sample.
     """
-    meta = decode_meta(raw, shard=shard)
+    if meta is None:
+        meta = decode_meta(raw, shard=shard)
     key = raw["__key__"].decode() if isinstance(raw["__key__"], bytes) else str(raw["__key__"])
     ctx = _Ctx(shard, key)
     T, V, W, H = meta["frames"], meta["views"], meta["width"], meta["height"]

@@ -1,7 +1,7 @@
 """Evaluation reports: per-sample JSON lines, per-run ``metrics.json`` and ``metrics.csv`` with provenance, and
 markdown tables in the paper's layout (rows are methods, columns metrics with ↑/↓). Every file is written atomically.
 
-Values are floats or :class:`~avp.eval.unavailable.Unavailable`. In JSON an unavailable value is
+Values are floats or :class:`~avp.metrics.unavailable.Unavailable`. In JSON an unavailable value is
 ``{"unavailable": "<reason>"}`` and a non-finite float is the string ``"inf"``, ``"-inf"`` or ``"nan"`` (JSON has no
 such numbers); in CSV and markdown an unavailable value reads ``unavailable (<reason>)``, never a number.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from avp.atomic import atomic_write_json, atomic_write_text
-from avp.eval.unavailable import MetricValue, Unavailable, as_metric_value, format_value
+from avp.metrics.unavailable import MetricValue, Unavailable, as_metric_value, format_value
 from avp.provenance import environment, git_sha
 
 REPORT_SCHEMA = 1

@@ -4,7 +4,7 @@ For every held-out sample of the protocol (a clip for self-reenactment, a source
 and every method (row of the table):
 
 1. avatarize the source: portrait -> points -> Gaussian decoder -> canonical splats and their binding
-   (:meth:`avp.lit.decoder.DecoderModule.prepare` / ``decode_prepared``). Methods:
+   (:meth:`avp.models.avatar.AvatarModel.prepare` / ``decode`` / ``avatar``). Methods:
 
    - ``generated``: the full pipeline, points *sampled* by the generator from the portrait (seeded per clip);
    - ``teacher_points``: the same decoder on the shard's teacher points (teacher-forced features), which separates
@@ -26,8 +26,8 @@ that recomputes the run), ``protocol.yaml`` (the effective protocol, overrides a
 ``examples.png`` (the first sample's first frame per method), per-method reports under ``methods/<key>/`` (readable by
 :func:`avp.eval.report.read_metrics`) and TensorBoard event files under ``tensorboard/<key>/`` (``test/*`` scalars).
 
-Checkpoints are read through :mod:`avp.lit` (the decoder checkpoint holds its frozen generator); this module never
-imports Lightning itself.
+Checkpoints are read by :mod:`avp.checkpoints` into the pure :class:`~avp.models.avatar.AvatarModel` (the decoder
+checkpoint holds its frozen generator); nothing here imports Lightning.
 """
 
 from __future__ import annotations
@@ -52,10 +52,7 @@ import yaml
 from torch import Tensor
 
 from avp.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from avp.eval.distribution import FID, CLIPSimilarity
-from avp.eval.face_metrics import IdentitySimilarity, KeypointPoseDistance
-from avp.eval.image_metrics import PSNR, SSIM
-from avp.eval.lpips import LPIPS
+from avp.checkpoints import check_same_generator, load_avatar_model
 from avp.eval.protocol import EvalProtocol, ProtocolError
 from avp.eval.report import (
     RunReport,
@@ -65,7 +62,12 @@ from avp.eval.report import (
     spec,
     to_json_value,
 )
-from avp.eval.unavailable import MetricValue, Unavailable, as_metric_value
+from avp.metrics.distribution import FID, CLIPSimilarity
+from avp.metrics.face import IdentitySimilarity, KeypointPoseDistance
+from avp.metrics.image import PSNR, SSIM
+from avp.metrics.lpips import LPIPS
+from avp.metrics.unavailable import MetricValue, Unavailable, as_metric_value
+from avp.models.avatar import Avatar, AvatarModel
 from avp.provenance import environment, git_sha
 from avp.types import HEAD_PARAM_FIELDS, Cameras, GaussianCloud, HeadParams
 
@@ -280,21 +282,6 @@ def target_from_sample(sample: Any, protocol: EvalProtocol) -> TargetClip:
 
 # ========================================================================================================= methods
 
-@dataclass
-class Avatar:
-    """One subject's canonical avatar, ready to animate."""
-
-    cloud: GaussianCloud
-    """``[1, N]`` canonical Gaussians."""
-    rig: Any
-    """:class:`avp.head.PointRig` of the points."""
-    animation: str
-    """``lbs`` or ``face_frame``."""
-    n_points: int
-    finished: bool
-    """False when sampling stopped at ``max_points`` before EOS."""
-
-
 class Method:
     """A row of the table: turns a source clip into an :class:`Avatar`."""
 
@@ -310,14 +297,15 @@ class Method:
 
 
 class DecoderMethod(Method):
-    """A :class:`~avp.lit.decoder.DecoderModule` on ``generated``, ``teacher`` or ``template`` points."""
+    """A trained stage-2 model (:class:`~avp.models.avatar.AvatarModel`, its checkpoint's ``hparams``) on
+    ``generated``, ``teacher``, ``resampled`` or ``template`` points."""
 
-    def __init__(self, key: str, module: Any, points: str, sampling: Any, rig_identity: str,
-                 checkpoint: dict[str, Any]) -> None:
+    def __init__(self, key: str, model: AvatarModel, hparams: dict[str, Any], points: str, sampling: Any,
+                 rig_identity: str, checkpoint: dict[str, Any]) -> None:
         self.key, self.label = key, METHOD_LABELS[key]
-        self.module, self.points, self.sampling = module, points, sampling
+        self.model, self.hparams, self.points, self.sampling = model, hparams, points, sampling
         self.rig_identity = rig_identity
-        self.render_backend = str(getattr(module, "render_backend", "auto"))
+        self.render_backend = model.render_backend
         self.checkpoint = checkpoint
 
     def build(self, source: SourceClip, seed: int) -> Avatar:
@@ -329,24 +317,21 @@ class DecoderMethod(Method):
             from avp.data.schema import teacher_cloud
             from avp.data.synthetic.generate import resample_teacher
 
-            resampled = resample_teacher(source.meta, self.module.head_model)
+            resampled = resample_teacher(source.meta, self.model.head_model)
             teacher = teacher_cloud(resampled).to(device)
             binding = torch.from_numpy(resampled.binding.astype(np.int64))[None].to(device)
         with torch.no_grad():
-            inputs = self.module.prepare(source.portrait[None], source.portrait_head,
+            inputs = self.model.prepare(source.portrait[None], source.portrait_head,
                                          points="teacher" if self.points == "resampled" else self.points,
                                          teacher_means=teacher.means, teacher_binding=binding,
                                          teacher_mask=teacher.valid_mask(), shape=shape,
                                          sampling=self.sampling, generator=generator,
                                          portrait_camera=source.portrait_camera)
-            _, avatar = self.module.decode_prepared(inputs)
-        cloud = avatar.cloud.map(lambda t: t.float() if t.is_floating_point() else t)
-        return Avatar(cloud=cloud, rig=avatar.rig, animation=self.module.animation,
-                      n_points=int(avatar.n_points[0]), finished=bool(avatar.finished[0]))
+            return self.model.avatar(inputs, self.model.decode(inputs), portrait_head=source.portrait_head)
 
     def describe(self) -> dict[str, Any]:
-        hp = dict(self.module.hparams)
-        return {"label": self.label, "points": self.points, "animation": self.module.animation,
+        hp = self.hparams
+        return {"label": self.label, "points": self.points, "animation": self.model.animation,
                 "checkpoint": self.checkpoint, "trained_points": hp.get("points"),
                 "decoder_inputs": (hp.get("decoder") or {}).get("inputs"),
                 "sampling": dataclasses.asdict(self.sampling) if self.points == "generated" else None,
@@ -368,23 +353,13 @@ class TeacherMethod(Method):
             mode = "face_frame" if source.source == "gaussian_avatars" else "lbs"
         with torch.no_grad():
             rig = self.head_model.rig(source.binding, source.teacher.means, source.shape)
-        return Avatar(cloud=source.teacher, rig=rig, animation=mode, n_points=source.teacher.n_points, finished=True)
+        return Avatar(cloud=source.teacher, binding=source.binding[0], points=source.teacher.means[0],
+                      shape=source.shape[0], head_model=self.head_model, rig=rig, animation=mode,
+                      portrait_head=source.portrait_head)
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "points": "teacher", "animation": self.animation,
                 "head_model": self.head_model.name}
-
-
-def render_avatar(avatar: Avatar, head: HeadParams, cameras: Cameras, background: Tensor,
-                  backend: str = "auto") -> Tensor:
-    """Animate ``avatar`` to ``head [T]`` and render ``cameras`` (``Ks [V, 3, 3]``) -> ``rgb [T, V, 3, H, W]``."""
-    from avp.head import animate_gaussians
-    from avp.render import render
-
-    with torch.no_grad():
-        params = head.map(lambda t: t[None])  # [1, T]
-        posed = animate_gaussians(avatar.rig, avatar.cloud, params, mode=avatar.animation)  # [T, N]
-        return render(posed, cameras, background=background, backend=backend).rgb
 
 
 # ========================================================================================================= scoring
@@ -651,45 +626,7 @@ def _stream(root: str, split: str, keys: set[str]) -> Iterator[tuple[str, dict[s
                 yield ref.name, raw
 
 
-def load_decoder(path: str | Path, device: torch.device) -> Any:
-    """A :class:`~avp.lit.decoder.DecoderModule` checkpoint, in eval mode on ``device``; errors name the file."""
-    from avp.lit.decoder import DecoderModule
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"decoder checkpoint {file} does not exist")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as e:
-        raise ValueError(f"cannot read decoder checkpoint {file}: {e}") from e
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if "generator_hparams" not in hp or "decoder" not in hp:
-        raise ValueError(f"{file} is not a DecoderModule checkpoint (its hyper_parameters lack generator_hparams/"
-                         f"decoder: found {sorted(hp)[:8]}); pass a checkpoint written by `avp fit` of the decoder "
-                         "stage")
-    del ckpt
-    module = DecoderModule.load_from_checkpoint(str(file), map_location="cpu")
-    return module.to(device).eval()
-
-
-def check_generator(decoder: Any, path: str | Path) -> None:
-    """The generator checkpoint must be the one whose frozen copy the decoder holds (its features trained it)."""
-    from avp.lit.decoder import read_generator_checkpoint
-
-    _, state = read_generator_checkpoint(path)
-    net = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    own = decoder.generator.state_dict()
-    missing = sorted(set(own) - set(net))
-    differing = [k for k, v in own.items() if k in net and (net[k].shape != v.shape or
-                                                            not torch.equal(net[k].to(v.device, v.dtype), v))]
-    if missing or differing:
-        detail = f"missing {missing[:3]}" if missing else f"{len(differing)} of {len(own)} tensors differ, e.g. " \
-                                                           f"{differing[:3]}"
-        raise ValueError(f"generator checkpoint {path} is not the generator the decoder was trained on ({detail}); "
-                         "the decoder checkpoint holds its own frozen generator: omit --generator or pass that one")
-
-
-def sampling_config(decoder: Any, protocol: EvalProtocol) -> Any:
+def sampling_config(decoder: AvatarModel, protocol: EvalProtocol) -> Any:
     """The decoder's sampling settings with the protocol's temperature, top-k, top-p and point limits."""
     s = protocol.sampling
     base = decoder.sampling
@@ -765,32 +702,32 @@ def _slug(key: str) -> str:
     return key.replace("/", "_")
 
 
-def build_methods(config: EvalConfig, device: torch.device) -> tuple[Any, list[Method], dict[str, Any]]:
+def build_methods(config: EvalConfig, device: torch.device) -> tuple[AvatarModel, list[Method], dict[str, Any]]:
     """Load the checkpoints (checked and hashed) and the table's rows: ``(decoder, methods, checkpoint records)``."""
     protocol = config.protocol
     checkpoints: dict[str, Any] = {"decoder": file_record(config.decoder)}
-    decoder = load_decoder(config.decoder, device)
+    decoder, hparams = load_avatar_model(config.decoder, device=device)
     if config.generator is not None:
         checkpoints["generator"] = file_record(config.generator)
-        check_generator(decoder, config.generator)
+        check_same_generator(decoder, config.generator)
     sampling = sampling_config(decoder, protocol)
     methods: list[Method] = []
     for points, key in (("generated", "generated"), ("teacher", "teacher_points"), ("resampled", "resampled_teacher")):
         if points in config.points:
-            methods.append(DecoderMethod(key, decoder, points, sampling, protocol.render.rig_identity,
+            methods.append(DecoderMethod(key, decoder, hparams, points, sampling, protocol.render.rig_identity,
                                          checkpoints["decoder"]))
     if config.template_decoder is not None:
         checkpoints["template_decoder"] = file_record(config.template_decoder)
-        template = load_decoder(config.template_decoder, device)
-        if template.hparams.get("points") != "template":
+        template, template_hparams = load_avatar_model(config.template_decoder, device=device)
+        if template_hparams.get("points") != "template":
             raise ValueError(f"--template-decoder {config.template_decoder} was trained with points: "
-                             f"{template.hparams.get('points')!r}; the baseline row needs a decoder trained with "
+                             f"{template_hparams.get('points')!r}; the baseline row needs a decoder trained with "
                              "points: template")
         if template.head_model.name != decoder.head_model.name:
             raise ValueError(f"--template-decoder uses head model {template.head_model.name!r}, the decoder "
                              f"{decoder.head_model.name!r}")
-        methods.append(DecoderMethod("template", template, "template", sampling, protocol.render.rig_identity,
-                                     checkpoints["template_decoder"]))
+        methods.append(DecoderMethod("template", template, template_hparams, "template", sampling,
+                                     protocol.render.rig_identity, checkpoints["template_decoder"]))
     if protocol.reference.teacher:
         methods.append(TeacherMethod(decoder.head_model, protocol.reference.teacher_animation))
     return decoder, methods, checkpoints
@@ -907,9 +844,9 @@ def run_evaluation(config: EvalConfig) -> EvalResult:
                 sc.start_sample()
                 for lo in range(0, len(fi), config.batch_frames):
                     hi = min(lo + config.batch_frames, len(fi))
-                    rgb = render_avatar(avatar, head.map(lambda t, lo=lo, hi=hi: t[lo:hi]),
-                                        target.cameras.to(device), target.background.to(device),
-                                        method.render_backend)  # [t, V, 3, H, W]
+                    rgb = avatar.render(target.cameras.to(device), head.map(lambda t, lo=lo, hi=hi: t[lo:hi]),
+                                        background=target.background.to(device), backend=method.render_backend,
+                                        chunk=hi - lo).rgb  # [t, V, 3, H, W]
                     rgb = rgb.float().clamp(0, 1)
                     gt = target.frames[lo:hi].to(device)
                     masks = target.masks[lo:hi].to(device) if target.masks is not None else None

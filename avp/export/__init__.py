@@ -1,8 +1,9 @@
-"""Taking an avatar elsewhere: GaussianAvatars' ``point_cloud.ply`` + ``flame_param.npz``, world-space 3DGS ``.ply``
-files that splat viewers open, and mp4 videos."""
+"""Taking an avatar elsewhere: its own folder (:func:`save_avatar` / :func:`load_avatar`), GaussianAvatars'
+``point_cloud.ply`` + ``flame_param.npz``, world-space 3DGS ``.ply`` files that splat viewers open, and mp4 videos."""
 
 from __future__ import annotations
 
+from avp.export.avatar import AVATAR_FORMAT, AVATAR_VERSION, load_avatar, save_avatar
 from avp.export.ply import (
     FLAME_PARAM_NAMES,
     PlyError,
@@ -23,6 +24,8 @@ from avp.export.ply import (
 from avp.export.video import VideoInfo, VideoWriter, read_video, video_info, write_video
 
 __all__ = [
+    "AVATAR_FORMAT",
+    "AVATAR_VERSION",
     "FLAME_PARAM_NAMES",
     "PlyError",
     "PlySplats",
@@ -31,10 +34,12 @@ __all__ = [
     "cloud_from_splats",
     "from_gaussian_avatars",
     "gaussian_avatars_fields",
+    "load_avatar",
     "read_flame_param_npz",
     "read_gaussian_avatars_ply",
     "read_splat_ply",
     "read_video",
+    "save_avatar",
     "splat_fields",
     "splats_from_cloud",
     "to_gaussian_avatars",

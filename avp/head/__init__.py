@@ -27,18 +27,6 @@ from avp.head.frames import (
 from avp.head.lbs import HeadOutput, blend_shapes, forward_kinematics, lbs, pose_feature, skin
 from avp.head.model import HAIR_MARGIN, JOINT_NAMES, HeadAssets, HeadModel
 from avp.head.rig import DeformOutput, PointRig, animate_gaussians, bind_points, closest_point_on_triangle
-from avp.head.rotations import (
-    axis_angle_to_matrix,
-    axis_angle_to_quaternion,
-    matrix_to_axis_angle,
-    matrix_to_quaternion,
-    orthonormalize,
-    quaternion_conjugate,
-    quaternion_multiply,
-    quaternion_to_axis_angle,
-    quaternion_to_matrix,
-    standardize_quaternion,
-)
 
 __all__ = [
     "BUILTIN_NAME",
@@ -56,8 +44,6 @@ __all__ = [
     "PointRig",
     "add_teeth",
     "animate_gaussians",
-    "axis_angle_to_matrix",
-    "axis_angle_to_quaternion",
     "bind_points",
     "blend_shapes",
     "builtin_assets",
@@ -70,17 +56,9 @@ __all__ = [
     "local_to_world_log_scales",
     "local_to_world_points",
     "local_to_world_quats",
-    "matrix_to_axis_angle",
-    "matrix_to_quaternion",
-    "orthonormalize",
     "pose_feature",
-    "quaternion_conjugate",
-    "quaternion_multiply",
-    "quaternion_to_axis_angle",
-    "quaternion_to_matrix",
     "read_flame_pickle",
     "skin",
-    "standardize_quaternion",
     "teeth_faces",
     "world_to_local_log_scales",
     "world_to_local_points",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from avp.head.rotations import matrix_to_quaternion, quaternion_conjugate, quaternion_multiply
+from avp.rotations import matrix_to_quaternion, quaternion_conjugate, quaternion_multiply
 from avp.types import TensorContainer
 
 __all__ = [

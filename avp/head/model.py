@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from avp.head.lbs import HeadOutput, blend_shapes, lbs
-from avp.head.rotations import axis_angle_to_matrix
+from avp.rotations import axis_angle_to_matrix
 from avp.types import HeadParams
 
 if TYPE_CHECKING:

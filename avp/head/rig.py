@@ -26,7 +26,7 @@ from torch import Tensor
 
 from avp.head.frames import FaceFrames, face_frames, local_to_world_points, world_to_local_points
 from avp.head.lbs import forward_kinematics
-from avp.head.rotations import matrix_to_quaternion, polar_entries, quaternion_multiply
+from avp.rotations import matrix_to_quaternion, polar_entries, quaternion_multiply
 from avp.types import GaussianCloud, HeadParams, TensorContainer
 
 if TYPE_CHECKING:

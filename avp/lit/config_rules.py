@@ -70,6 +70,6 @@ def check_decoder_fit(module: Any, datamodule: Any = None) -> None:
     """Raise a ValueError naming the keys when a :class:`~avp.lit.decoder.DecoderModule` (and its DataModule, when it
     is an :class:`~avp.lit.data.AvatarDataModule`) breaks a fit rule."""
     stream = getattr(datamodule, "config", None)
-    errors = decoder_fit_errors(module.decoder.config, module.loss_weights,
+    errors = decoder_fit_errors(module.model.decoder.config, module.loss_weights,
                                 getattr(stream, "frames_per_sample", None), getattr(stream, "views_per_sample", None))
     _raise("DecoderModule", errors, DECODER_FIT_RULES)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,39 +25,16 @@ from torch import Tensor
 
 from avp.head import HeadConfig, load_head_model
 from avp.lit.optim import adamw_warmup_cosine
-from avp.metrics import PointCloudMetrics, batch_point_cloud_metrics
+from avp.metrics.point_cloud import PointCloudMetrics, batch_point_cloud_metrics
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.encoders import ConditionConfig
 from avp.models.generator import GeneratorConfig, role_cross_entropy, role_logits, training_windows
 from avp.models.tokenizer import ROLE_NAMES, PointTokenizer, TokenizerConfig
 from avp.sampling import SamplingConfig, context_windows
-from avp.types import AvatarBatch
+from avp.types import AvatarBatch, as_config
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-C = typing.TypeVar("C")
-
-
-def as_config(cls: type[C], value: C | dict[str, Any] | None) -> C:
-    """``value`` as dataclass ``cls``: None -> defaults, a dict (e.g. from a checkpoint) -> built field by field."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise TypeError(f"{cls.__name__}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; valid fields are {sorted(names)}")
-    kwargs = {}
-    for key, item in value.items():
-        hint = hints[key]
-        kwargs[key] = as_config(hint, item) if dataclasses.is_dataclass(hint) and isinstance(item, dict) else item
-    return cls(**kwargs)
-
 
 class GeneratorModule(LightningModule):
     """Stage 1: portrait (+ head fit) -> point-cloud tokens.

@@ -14,8 +14,8 @@ The predict split is the DataModule's test split. Both stages predict **per subj
   ``eval_points`` when that is set, else on ``generated`` points (the method, as ``avp avatarize``) ->
   :class:`PredictedAvatar`, written with the same exports as ``avp avatarize``::
 
-      <out>/<subject>/avatar/                          Avatar.save: avatar.json, avatar.npz, portrait.png
-                                                       (avp.pipeline.Avatar.load reads it back)
+      <out>/<subject>/avatar/                          save_avatar: avatar.json, avatar.npz, portrait.png
+                                                       (avp.export.load_avatar reads it back)
       <out>/<subject>/gaussian_avatars/point_cloud.ply GaussianAvatars' face-local splats (binding_0)
       <out>/<subject>/gaussian_avatars/flame_param.npz the clip's drawn frames as GaussianAvatars motion
       <out>/<subject>/avatar_world.ply                 INRIA 3DGS ply in world space, rest pose
@@ -55,7 +55,7 @@ from avp.lit.callbacks import local_log_dir
 from avp.types import AvatarBatch, Cameras, HeadParams
 
 if TYPE_CHECKING:
-    from avp.pipeline import Avatar
+    from avp.models.avatar import Avatar
 
 POINT_PLY_FIELDS = (("x", "f4"), ("y", "f4"), ("z", "f4"), ("binding", "i4"))
 """Properties of a generated cloud's ``points.ply`` (one ``vertex`` element)."""
@@ -142,6 +142,7 @@ class PredictedAvatar:
     """``[T]`` head parameters (GaussianAvatars' ``flame_param.npz``)."""
 
     def write(self, directory: str | Path) -> list[Path]:
+        from avp.export.avatar import save_avatar
         from avp.export.ply import (
             to_gaussian_avatars,
             write_flame_param_npz,
@@ -152,7 +153,7 @@ class PredictedAvatar:
         directory = Path(directory)
         avatar = self.avatar
         head_model = avatar.head_model
-        self.avatar.save(directory / "avatar")
+        save_avatar(avatar, directory / "avatar")
         written = [directory / "avatar" / name for name in ("avatar.json", "avatar.npz", "portrait.png")
                    if (directory / "avatar" / name).is_file()]
         ga = to_gaussian_avatars(avatar.cloud, avatar.binding, head_model, avatar.shape.cpu())
@@ -200,19 +201,14 @@ def _portrait_camera(batch: AvatarBatch) -> Cameras | None:
 def decoder_predictions(module: Any, batch: AvatarBatch) -> list[PredictedAvatar]:
     """:meth:`DecoderModule.predict_step`: one avatar per subject on ``eval_points`` (when set) or generated
     points, sampled with the module's ``sampling`` and ``seed``."""
-    from avp.head import HeadConfig
-    from avp.pipeline import _CLOUD_FIELDS, Avatar
     from avp.provenance import git_sha
-    from avp.types import GaussianCloud
 
     if batch.head.global_rot.dim() != 3 or batch.head.global_rot.shape[1] == 0:
         raise ValueError("DecoderModule.predict_step: the batch has no clip frames; set data.frames_per_sample >= 1 "
                          "(the avatar's identity and its GaussianAvatars motion come from the clip's frames)")
     source = module.hparams.eval_points or "generated"
     seed = int(module.hparams.seed)
-    hp = dict(module.hparams)
-    head_cfg = hp.get("head") or hp.get("generator_hparams", {}).get("head") or {}
-    head_config = head_cfg if isinstance(head_cfg, HeadConfig) else HeadConfig(**dict(head_cfg))
+    model = module.model
     trainer = module._trainer
     checkpoint = None if trainer is None or trainer.ckpt_path is None else str(trainer.ckpt_path)
     sha = git_sha()
@@ -222,18 +218,13 @@ def decoder_predictions(module: Any, batch: AvatarBatch) -> list[PredictedAvatar
         generator = None
         if source == "generated":
             generator = torch.Generator(device=one.portrait.device).manual_seed(seed)
-        _, decoded = module.decode_prepared(module.prepare_batch(one, source, generator))
-        n = int(decoded.n_points[0])
-        cloud = GaussianCloud(**{k: getattr(decoded.cloud, k)[:, :n].float() for k in _CLOUD_FIELDS})
-        shape = one.head.shape[0, 0].float()
+        inputs = module.prepare_batch(one, source, generator)
         meta = {"subject": str(subject), "seed": seed, "points": source,
-                "sampling": dataclasses.asdict(module.sampling) if source == "generated" else None,
-                "finished": bool(decoded.finished[0]), "n_points": n, "checkpoints": {"decoder": checkpoint},
-                "source": "avp predict", "git": sha}
-        avatar = Avatar(cloud=cloud, binding=decoded.binding[0, :n].long(), points=decoded.points[0, :n].float(),
-                        shape=shape, portrait_head=one.portrait_head, head_config=head_config,
-                        head_model=module.head_model, rig=decoded.rig, animation=module.animation,
-                        portrait=one.portrait[0], portrait_camera=_portrait_camera(one), meta=meta)
+                "sampling": dataclasses.asdict(model.sampling) if source == "generated" else None,
+                "finished": bool(inputs.finished[0]), "n_points": int(inputs.n_points[0]),
+                "checkpoints": {"decoder": checkpoint}, "source": "avp predict", "git": sha}
+        avatar = model.avatar(inputs, model.decode(inputs), portrait_head=one.portrait_head, portrait=one.portrait[0],
+                              portrait_camera=_portrait_camera(one), meta=meta)
         motion = one.head.map(lambda t: t[0].float())  # [T]
         out.append(PredictedAvatar(subject=str(subject), avatar=avatar.to("cpu"), motion=motion.to("cpu")))
     return out

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avp.models.gaussian_activation import RawSplats, SplatParameterisation, activate_splats, init_biases
+from avp.models.layers import fourier_features
 from avp.models.pixel_aligned import pixel_feature_dim
 from avp.types import GaussianCloud, TensorContainer
 
@@ -94,13 +95,6 @@ class DecoderOutput(TensorContainer):
     """``[B, N, 3]`` position offsets (metres) the decoder added to the points."""
     raw: RawSplats
     """The heads' raw outputs (before activation)."""
-
-
-def fourier_encoding(x: Tensor, n_frequencies: int) -> Tensor:
-    """``x [..., C]`` in about [-1, 1] -> ``[..., C (1 + 2 n_frequencies)]``: x, sin and cos of ``2^k pi x``."""
-    freqs = (2.0 ** torch.arange(n_frequencies, device=x.device, dtype=x.dtype)) * math.pi
-    angles = (x[..., None] * freqs).flatten(-2)  # [..., C * K]
-    return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -248,7 +242,7 @@ class GaussianDecoder(nn.Module):
             raise ValueError(f"GaussianDecoder: mask must be [B, N] = {[B, N]}, got {tuple(mask.shape)}")
         parts = []
         if self.position_mlp is not None:
-            parts.append(self.position_mlp(fourier_encoding(self.normalise(points), cfg.n_frequencies)))
+            parts.append(self.position_mlp(fourier_features(self.normalise(points), cfg.n_frequencies)))
         if self.feature_mlp is not None:
             if features is None:
                 raise ValueError(f"GaussianDecoder: inputs={cfg.inputs!r} needs the per-point hidden states "

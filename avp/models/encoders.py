@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avp.models.layers import EncoderBlock, init_transformer_weights
+from avp.models.layers import EncoderBlock, fourier_features, init_transformer_weights
 from avp.types import HeadParams
 
 # arch name -> timm model name (without / with 4 registers)
@@ -287,13 +286,6 @@ def sample_surface(vertices: Tensor, faces: Tensor, n: int, generator: torch.Gen
     points = (w[..., None] * corners).sum(-2)
     normals = torch.gather(cross, 1, face[..., None].expand(-1, -1, 3))
     return points, F.normalize(normals, dim=-1)
-
-
-def fourier_features(x: Tensor, n_frequencies: int) -> Tensor:
-    """``x [..., C]`` in about [-1, 1] -> ``[..., C + 2 C n_frequencies]`` (x, sin and cos of ``2^k pi x``)."""
-    freqs = (2.0 ** torch.arange(n_frequencies, device=x.device, dtype=x.dtype)) * math.pi
-    angles = (x[..., None] * freqs).flatten(-2)  # [..., C * K]
-    return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
 
 class MeshPointEncoder(nn.Module):

@@ -1,4 +1,5 @@
-"""Transformer building blocks: attention with an optional KV cache, cross-attention, MLP, pre-norm blocks."""
+"""Transformer building blocks: attention with an optional KV cache, cross-attention, MLP, pre-norm blocks; the Fourier
+positional encoding."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avp.models.rope import apply_rotary
+
+
+def fourier_features(x: Tensor, n_frequencies: int) -> Tensor:
+    """``x [..., C]`` in about [-1, 1] -> ``[..., C (1 + 2 n_frequencies)]``: x, then sin, then cos of ``2^k pi x``
+    for ``k < n_frequencies`` (each block channel-major: channel ``c``'s ``K`` frequencies are adjacent).
+
+    The positional encoding of both the mesh point encoder and the Gaussian decoder: one definition, so the two
+    can never drift apart.
+    """
+    freqs = (2.0 ** torch.arange(n_frequencies, device=x.device, dtype=x.dtype)) * math.pi
+    angles = (x[..., None] * freqs).flatten(-2)  # [..., C * K]
+    return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
 
 class KVCache:

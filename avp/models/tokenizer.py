@@ -270,6 +270,21 @@ class PointTokenizer(nn.Module):
         rows = self.decode_rows(tokens)
         return self.dequantize(rows[:, :3]), rows[:, 3]
 
+    def decode_batch(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Well-formed sequences ``tokens [B, L]`` (``BOS`` + whole points, ``lengths [B]`` with EOS) -> bin centres
+        ``points [B, N, 3]`` (zeros on padding), ``binding [B, N]`` long (0 on padding), ``mask [B, N]`` bool and
+        ``n_points [B]`` long, ``N`` the most points: the positions sampling yields for the same tokens.
+
+        Unlike :meth:`decode` nothing is validated: padding rows are clamped into the box and masked instead.
+        """
+        n_points = torch.div(lengths - 2, 4, rounding_mode="floor")
+        n = int(n_points.max())
+        rows = tokens[:, 1 : 1 + 4 * n].reshape(tokens.shape[0], n, 4)  # [B, N, 4]
+        mask = torch.arange(n, device=tokens.device)[None] < n_points[:, None]
+        points = self.dequantize(rows[..., :3].clamp(0, self.levels - 1)) * mask[..., None]
+        binding = (rows[..., 3] - self.levels).clamp(min=0) * mask
+        return points, binding, mask, n_points
+
     # ------------------------------------------------------------------------------------------------------ roles
     @staticmethod
     def role_of_position(positions: Tensor) -> Tensor:

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avp.data.synthetic.cameras import PORTRAIT_HEIGHT_M, TARGET
 from avp.face import FaceAnalysis, analyze, to_uint8_rgb
-from avp.head.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from avp.head.framing import PORTRAIT_HEIGHT_M, TARGET
 from avp.portrait.fit import FitConfig, FitResult, fit_landmarks, project
 from avp.portrait.landmarks_embedding import LandmarkEmbedding, landmark_embedding
 from avp.render.cameras import intrinsics, look_at
+from avp.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from avp.signals import ignore_profiling_signal
 from avp.types import Cameras, HeadParams
 

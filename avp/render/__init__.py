@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from avp.render.api import BACKENDS, choose_backend, render, splat_colors
 from avp.render.cameras import focal_from_fov, intrinsics, look_at, orbit_cameras
-from avp.render.projection import Projected, camera_centers, covariance_3d, project_gaussians, quat_to_rotmat
+from avp.render.projection import Projected, camera_centers, covariance_3d, project_gaussians
 from avp.render.reference import composite_dense
 from avp.render.sh import C0, eval_sh, rgb_to_sh0, sh0_to_rgb, sh_basis
 from avp.render.torch_backend import composite_tiles
@@ -28,7 +28,6 @@ __all__ = [
     "look_at",
     "orbit_cameras",
     "project_gaussians",
-    "quat_to_rotmat",
     "render",
     "rgb_to_sh0",
     "sh0_to_rgb",

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from avp.rotations import quaternion_to_matrix
+
 EPS2D = 0.3
 """Pixels^2 added to the 2D covariance diagonal (gsplat's ``eps2d``)."""
 ALPHA_MIN = 1.0 / 255.0
@@ -53,24 +55,9 @@ class Projected:
         return (self.radii > 0).all(-1)
 
 
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """``[..., 4]`` wxyz quaternions (normalised here) -> ``[..., 3, 3]`` rotation matrices."""
-    q = quats / torch.linalg.vector_norm(quats, dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    R = torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    )  # fmt: skip
-    return R.reshape(*quats.shape[:-1], 3, 3)
-
-
 def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     """World covariance ``R S S^T R^T``: quats ``[..., 4]`` wxyz, scales ``[..., 3]`` std devs -> ``[..., 3, 3]``."""
-    M = quat_to_rotmat(quats) * scales.unsqueeze(-2)  # columns of R scaled: R @ diag(s)
+    M = quaternion_to_matrix(quats) * scales.unsqueeze(-2)  # columns of R scaled: R @ diag(s)
     return M @ M.transpose(-1, -2)
 
 

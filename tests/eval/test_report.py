@@ -11,7 +11,6 @@ import torch
 from avp.eval import (
     PAPER_COLUMNS,
     RunReport,
-    Unavailable,
     flatten_metrics,
     markdown_table,
     read_metrics,
@@ -19,6 +18,7 @@ from avp.eval import (
     table_from_runs,
     write_markdown_table,
 )
+from avp.metrics import Unavailable
 
 PROTOCOL = {"name": "self-reenactment", "version": "1.0", "subjects": ["s01", "s02"], "resolution": 512}
 NO_LPIPS = Unavailable("no pretrained alex backbone")

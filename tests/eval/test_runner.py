@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 
+from avp.checkpoints import check_same_generator, load_avatar_model
 from avp.eval.protocol import ProtocolError, load_protocol, protocol_from_dict
 from avp.eval.report import read_metrics
 from avp.eval.runner import (
@@ -26,8 +27,6 @@ from avp.eval.runner import (
     ClipEntry,
     EvalConfig,
     TeacherMethod,
-    check_generator,
-    load_decoder,
     plan_samples,
     run_evaluation,
     sample_seed,
@@ -317,15 +316,15 @@ def test_bad_inputs_are_refused_with_clear_errors(tiny_run, tmp_path: Path) -> N
         run_evaluation(EvalConfig(**{**base, "protocol": load_protocol(
             CONFIGS / "self_reenactment.yaml", [*TINY, f"weights.lpips_weights={tmp_path / 'none.pth'}"])}))
     # a generator other than the decoder's frozen one
-    decoder = load_decoder(tiny_run["decoder"], torch.device("cpu"))
-    check_generator(decoder, tiny_run["generator"])
+    decoder, _ = load_avatar_model(tiny_run["decoder"], device=torch.device("cpu"))
+    check_same_generator(decoder, tiny_run["generator"])
     ckpt = torch.load(tiny_run["generator"], map_location="cpu", weights_only=False)
     name = next(k for k in ckpt["state_dict"] if k.startswith("net.") and ckpt["state_dict"][k].is_floating_point())
     ckpt["state_dict"][name] = ckpt["state_dict"][name] + 1
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match="is not the generator the decoder was trained on"):
-        check_generator(decoder, other)
+        check_same_generator(decoder, other)
 
 
 # ----------------------------------------------------------------------------------------------- selection rules

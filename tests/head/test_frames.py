@@ -13,7 +13,7 @@ from avp.head.frames import (
     world_to_local_points,
     world_to_local_quats,
 )
-from avp.head.rotations import axis_angle_to_matrix, axis_angle_to_quaternion, quaternion_to_matrix
+from avp.rotations import axis_angle_to_matrix, axis_angle_to_quaternion, quaternion_to_matrix
 
 
 def _triangles(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

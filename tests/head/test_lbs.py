@@ -5,7 +5,7 @@ import math
 import torch
 
 from avp.head.lbs import blend_shapes, forward_kinematics, lbs, pose_feature, skin
-from avp.head.rotations import axis_angle_to_matrix
+from avp.rotations import axis_angle_to_matrix
 
 PARENTS = [-1, 0, 1, 1, 1]
 

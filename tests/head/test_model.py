@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from avp.head import HeadConfig, HeadModel, load_head_model
-from avp.head.rotations import axis_angle_to_matrix
+from avp.rotations import axis_angle_to_matrix
 from avp.types import HeadParams
 from tests.head.params import random_params
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from avp.head import HeadModel, animate_gaussians, closest_point_on_triangle
-from avp.head.rotations import axis_angle_to_matrix, quaternion_to_matrix
+from avp.rotations import axis_angle_to_matrix, quaternion_to_matrix
 from avp.types import GaussianCloud, HeadParams
 from tests.head.params import random_params
 

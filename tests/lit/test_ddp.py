@@ -124,7 +124,7 @@ def test_real_decoder_debug_config_under_ddp_with_image_logging_agrees_on_both_r
     assert status["state"] == "finished" and status["global_step"] == steps
     assert status["attempts"][-1]["world_size"] == 2
     ckpt = torch.load(run.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == steps and any(k.startswith("decoder.") for k in ckpt["state_dict"])
+    assert ckpt["global_step"] == steps and any(k.startswith("model.decoder.") for k in ckpt["state_dict"])
 
     images = sorted(p.name for p in (run.log_dir / "images").glob("*.png"))
     assert images == [*(f"train_step{s:07d}.png" for s in range(1, steps + 1)), "val_step0000002.png",

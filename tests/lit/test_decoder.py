@@ -17,12 +17,13 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from avp.data.synthetic.generate import SynthConfig, synthesize
-from avp.eval.image_metrics import psnr
 from avp.head import HeadConfig, animate_gaussians
 from avp.lit.data import AvatarDataModule
 from avp.lit.decoder import DecoderModule
 from avp.lit.generator import GeneratorModule
 from avp.lit.image_logging import DecoderImageLogger
+from avp.metrics.image import psnr
+from avp.models.avatar import Avatar
 from avp.types import AvatarBatch
 from tests.fixtures.flame import write_flame_pickle
 
@@ -75,31 +76,32 @@ def _module(ckpt: Path, **kw) -> DecoderModule:
 def test_gradients_reach_the_decoder_and_never_the_generator(generator_ckpt: Path, shards: Path) -> None:
     module = _module(generator_ckpt)
     module.train()
-    assert not module.generator.training, "the frozen generator must stay in eval mode"
-    assert module.decoder.training
-    assert all(not p.requires_grad for p in module.generator.parameters())
+    assert not module.model.generator.training, "the frozen generator must stay in eval mode"
+    assert module.model.decoder.training
+    assert all(not p.requires_grad for p in module.model.generator.parameters())
     batch = _batch(shards)
     terms, rgb, target, avatar = module.loss_step(batch, "teacher")
     assert rgb.shape == target.shape == (1, 1, 2, 3, 64, 64)
     terms.total.backward()
-    assert all(p.grad is None for p in module.generator.parameters())
-    missing = [n for n, p in module.decoder.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert all(p.grad is None for p in module.model.generator.parameters())
+    decoder = module.model.decoder
+    missing = [n for n, p in decoder.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not missing, f"no gradient reaches {missing}"
     assert all(torch.isfinite(v) for v in terms.as_dict().values())
     # the decoder only is optimised
     opt = module.configure_optimizers()["optimizer"]
     optimised = {id(p) for group in opt.param_groups for p in group["params"]}
-    assert optimised == {id(p) for p in module.decoder.parameters()}
+    assert optimised == {id(p) for p in module.model.decoder.parameters()}
 
 
 def test_point_sources(generator_ckpt: Path, shards: Path) -> None:
     module = _module(generator_ckpt, template_points=200, sampling={"max_points": 24, "temperature": 1.0}).eval()
     batch = _batch(shards)
-    tok = module.tokenizer
+    tok = module.model.tokenizer
     teacher = module.prepare_batch(batch, "teacher")
     n = int(teacher.n_points[0])
     assert 0 < n <= int(batch.teacher.valid_mask().sum())  # deduplicated after quantisation
-    assert teacher.features.shape == (1, n, 4, module.generator.transformer.config.width)
+    assert teacher.features.shape == (1, n, 4, module.model.generator.transformer.config.width)
     # every decoded point is the bin centre of a teacher point with the same face
     d = torch.cdist(teacher.points[0], batch.teacher.means[0])
     nearest = d.argmin(1)
@@ -120,7 +122,7 @@ def test_point_sources(generator_ckpt: Path, shards: Path) -> None:
     assert torch.isfinite(generated.features).all()
     # the features of sampled points are the generator's teacher-forced features of the same tokens: feeding the
     # sampled cloud back as teacher points gives the same points, faces and (up to KV-cache rounding) features
-    forced = module.prepare(batch.portrait, batch.portrait_head, points="teacher", teacher_means=generated.points,
+    forced = module.model.prepare(batch.portrait, batch.portrait_head, points="teacher", teacher_means=generated.points,
                             teacher_binding=generated.binding, teacher_mask=generated.mask,
                             shape=batch.head.shape[:, 0])
     assert int(forced.n_points[0]) == k
@@ -130,18 +132,23 @@ def test_point_sources(generator_ckpt: Path, shards: Path) -> None:
 
 
 def test_avatarize_gives_an_animatable_avatar(generator_ckpt: Path, shards: Path) -> None:
-    module = _module(generator_ckpt, sampling={"max_points": 16})
+    model = _module(generator_ckpt, sampling={"max_points": 16}).model.eval()
     batch = _batch(shards)
-    avatar = module.avatarize(batch.portrait, batch.portrait_head, generator=torch.Generator().manual_seed(1))
+
+    def avatarize() -> Avatar:
+        inputs = model.prepare(batch.portrait, batch.portrait_head, generator=torch.Generator().manual_seed(1))
+        return model.avatar(inputs, model.decode(inputs), portrait_head=batch.portrait_head)
+
+    avatar = avatarize()
     N = avatar.cloud.n_points
-    assert avatar.binding.shape == (1, N) and avatar.rig.n_points == N
-    assert int(avatar.binding.max()) < module.head_model.n_faces
+    assert avatar.binding.shape == (N,) and avatar.rig.n_points == N
+    assert int(avatar.binding.max()) < model.head_model.n_faces
     posed = animate_gaussians(avatar.rig, avatar.cloud, batch.head, mode="lbs")
     assert posed.means.shape == (batch.head.global_rot.shape[1], N, 3)
-    same = module.avatarize(batch.portrait, batch.portrait_head, generator=torch.Generator().manual_seed(1))
+    same = avatarize()
     torch.testing.assert_close(same.cloud.means, avatar.cloud.means)
     with pytest.raises(ValueError, match="teacher"):
-        module.avatarize(batch.portrait, batch.portrait_head, points="teacher")
+        model.prepare(batch.portrait, batch.portrait_head, points="teacher")
 
 
 def test_checkpoint_round_trip_is_self_contained(generator_ckpt: Path, shards: Path, tmp_path: Path) -> None:
@@ -153,12 +160,12 @@ def test_checkpoint_round_trip_is_self_contained(generator_ckpt: Path, shards: P
                                                                  "sh_degree": 1})
     batch = _batch(shards)
     with torch.no_grad():  # move the decoder away from its initialisation
-        for p in module.decoder.parameters():
+        for p in module.model.decoder.parameters():
             p.add_(0.01 * torch.randn_like(p, generator=g))
     path = _save(module, tmp_path / "decoder.ckpt")
     gen_copy.unlink()
     restored = DecoderModule.load_from_checkpoint(path, map_location="cpu")
-    assert restored.animation == "face_frame" and restored.decoder.config.cross_attention
+    assert restored.model.animation == "face_frame" and restored.model.decoder.config.cross_attention
     module.eval()
     restored.eval()
     with torch.no_grad():
@@ -247,7 +254,7 @@ def test_fit_logs_every_loss_term_and_images(generator_ckpt: Path, shards: Path,
 
 def test_test_loop_logs_image_metrics_masked_and_unmasked(generator_ckpt: Path, shards: Path) -> None:
     """``avp test`` runs the decoder's test_step: masked and unmasked PSNR/SSIM agree with a direct computation."""
-    from avp.eval.image_metrics import psnr
+    from avp.metrics.image import psnr
 
     module = _module(generator_ckpt, points="teacher")
     dm = AvatarDataModule(str(shards), batch_size=1, num_workers=0, frames_per_sample=1, views_per_sample=2,
@@ -273,7 +280,7 @@ def test_overfits_one_synthetic_subject(generator_ckpt: Path, shards: Path) -> N
     batch = _batch(shards, views=2, frames=1)
     prepared = module.prepare_batch(batch, "teacher")  # the frozen parts once: the batch never changes
     steps = 300
-    opt = torch.optim.Adam(module.decoder.parameters(), lr=5e-3)
+    opt = torch.optim.Adam(module.model.decoder.parameters(), lr=5e-3)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[225], gamma=0.1)
     start = time.perf_counter()
     for _ in range(steps):

@@ -17,12 +17,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from avp.head import load_head_model
-from avp.lit.generator import GeneratorModule, as_config
+from avp.lit.generator import GeneratorModule
 from avp.lit.optim import warmup_cosine
 from avp.models.encoders import ConditionConfig, ImageEncoderConfig, MeshEncoderConfig
 from avp.models.generator import GeneratorConfig
 from avp.sampling import SamplingConfig
-from avp.types import AvatarBatch, Cameras, GaussianCloud, HeadParams
+from avp.types import AvatarBatch, Cameras, GaussianCloud, HeadParams, as_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

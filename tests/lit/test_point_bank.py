@@ -80,14 +80,14 @@ def _module(ckpt: Path, bank_dir: Path | None, **kw) -> DecoderModule:
 def _count_sampling(module: DecoderModule, monkeypatch: pytest.MonkeyPatch) -> list:
     """Replace the frozen generator's ``sample`` by a recording wrapper; returns the list of (args, output)."""
     calls: list = []
-    original = module.generator.sample
+    original = module.model.generator.sample
 
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
         calls.append((args, kwargs, out))
         return out
 
-    monkeypatch.setattr(module.generator, "sample", recording)
+    monkeypatch.setattr(module.model.generator, "sample", recording)
     return calls
 
 
@@ -169,9 +169,9 @@ def test_stored_clouds_equal_what_sampling_produced(generator_ckpt: Path, batch:
         i = list(batch.subject).index(subject)
         with torch.no_grad():
             one = _one(batch, i)
-            condition = module.encode_condition(one.portrait, one.portrait_head)
+            condition = module.model.encode_condition(one.portrait, one.portrait_head)
             rngs = [torch.Generator().manual_seed(subject_seed(7, subject) + k) for k in range(3)]
-            alone = module.generator.sample(condition.expand(3, -1, -1), module.sampling, rngs,
+            alone = module.model.generator.sample(condition.expand(3, -1, -1), module.model.sampling, rngs,
                                             shape=batch.portrait_head.shape[i : i + 1].expand(3, -1))
         assert torch.equal(alone.tokens, entry.tokens) and torch.equal(alone.points, entry.points)
         assert len({tuple(entry.body(k).tolist()) for k in range(3)}) > 1, "samples of a subject differ"
@@ -201,7 +201,7 @@ def test_bank_features_equal_teacher_forced_features_of_the_tokens(generator_ckp
     calls = _count_sampling(module, monkeypatch)
     draw = torch.tensor([1, 0])
     bank = module.prepare_bank(batch, use_teacher=torch.tensor([False, False]), draw=draw)
-    tok = module.tokenizer
+    tok = module.model.tokenizer
     for i, (_, _, out) in enumerate(calls):
         k, n = int(draw[i]), int(out.n_points[draw[i]])
         assert int(bank.n_points[i]) == n
@@ -219,7 +219,7 @@ def test_bank_features_equal_teacher_forced_features_of_the_tokens(generator_ckp
         retok = tok.encode(out.points[k, :n], out.binding[k, :n])
         assert torch.equal(retok[:-1], out.tokens[k, : 1 + 4 * n]) and int(retok[-1]) == tok.eos_id
     # so the teacher path on the bank points gives the same points and features
-    teacher = module.prepare(batch.portrait, batch.portrait_head, points="teacher", teacher_means=bank.points,
+    teacher = module.model.prepare(batch.portrait, batch.portrait_head, points="teacher", teacher_means=bank.points,
                              teacher_binding=bank.binding, teacher_mask=bank.mask, shape=batch.portrait_head.shape)
     for name in ("points", "binding", "mask", "n_points", "features"):
         assert torch.equal(getattr(teacher, name), getattr(bank, name)), name

@@ -210,16 +210,16 @@ def test_decoder_test_logs_test_metrics(tmp_path: Path, shards: Path, generator_
 def test_decoder_predict_writes_the_avatarize_exports_per_test_subject(tmp_path: Path, shards: Path,
                                                                        generator_ckpt: Path, decoder_run: Path,
                                                                        test_subjects: list[str]) -> None:
-    from avp.pipeline import Avatar
+    from avp.export.avatar import load_avatar
 
     run = _decoder_eval("predict", tmp_path, shards, generator_ckpt, decoder_run / "checkpoints" / "last.ckpt")
     out = run / "predictions"
     assert sorted(p.name for p in out.iterdir()) == sorted(test_subjects)
     module = DecoderModule.load_from_checkpoint(str(decoder_run / "checkpoints" / "last.ckpt"), map_location="cpu")
-    head_model = module.head_model
+    head_model = module.model.head_model
     for subject in test_subjects:
         folder = out / subject
-        avatar = Avatar.load(folder / "avatar")
+        avatar = load_avatar(folder / "avatar")
         n = avatar.n_points
         assert 1 <= n <= 24 and avatar.meta["points"] == "generated" and avatar.meta["subject"] == subject
         assert avatar.cloud.means.shape == (1, n, 3) and avatar.portrait is not None

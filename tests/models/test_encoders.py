@@ -17,9 +17,9 @@ from avp.models.encoders import (
     MeshEncoderConfig,
     MeshPointEncoder,
     condition_vertices,
-    fourier_features,
     sample_surface,
 )
+from avp.models.layers import fourier_features
 from avp.types import HeadParams
 
 BOUNDS = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])

@@ -7,7 +7,8 @@ import math
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
-from avp.render.projection import ALPHA_MIN, covariance_3d, project_gaussians, quat_to_rotmat
+from avp.render.projection import ALPHA_MIN, covariance_3d, project_gaussians
+from avp.rotations import quaternion_to_matrix
 from tests.render.scenes import cameras, random_cloud
 
 
@@ -17,7 +18,7 @@ def test_covariance_matches_gsplat() -> None:
     scales = torch.rand(200, 3, dtype=torch.float64, generator=g) * 0.1
     expected, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
     torch.testing.assert_close(covariance_3d(quats, scales), expected)
-    R = quat_to_rotmat(quats)
+    R = quaternion_to_matrix(quats)
     torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(200, 3, 3))
     torch.testing.assert_close(torch.linalg.det(R), torch.ones(200, dtype=torch.float64))
 

@@ -7,13 +7,8 @@ import numpy as np
 import torch
 
 from avp.data.schema import CameraArrays
+from avp.head.framing import FRAME_HEIGHT_M, PORTRAIT_HEIGHT_M, TARGET
 from avp.render.cameras import intrinsics, look_at
-
-TARGET = np.array([0.0, -0.02, 0.01])
-"""Where the cameras look: the middle of a head from the neck base to the top of its hair."""
-FRAME_HEIGHT_M = 0.42
-"""Vertical extent framed at the target's distance (neck to hair top, with a margin)."""
-PORTRAIT_HEIGHT_M = 0.34
 
 
 def _cameras(yaw_deg: np.ndarray, pitch_deg: np.ndarray, radius: np.ndarray, target: np.ndarray, size: int,

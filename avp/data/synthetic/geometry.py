@@ -135,7 +135,12 @@ def line_frames(directions: np.ndarray) -> np.ndarray:
 
 
 def matrix_to_quat(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices ``[n, 3, 3]`` -> unit quaternions ``[n, 4]`` wxyz with ``w >= 0``."""
+    """Rotation matrices ``[n, 3, 3]`` -> unit quaternions ``[n, 4]`` wxyz with ``w >= 0``.
+
+    Not :func:`avp.rotations.matrix_to_quaternion` (the package's one torch implementation): synthetic subjects are
+    built in float64 numpy end to end, and the teacher splats written into shards come from this formula; another
+    algorithm (torch's is Shepperd's) would change their last bits, so every existing shard and seed.
+    """
     R = np.asarray(R, np.float64)
     if len(R) == 0:
         return np.zeros((0, 4))

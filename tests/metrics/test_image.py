@@ -10,7 +10,7 @@ from skimage.metrics import structural_similarity as sk_ssim
 from torchmetrics import MetricCollection
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from avp.eval import PSNR, SSIM, Unavailable, psnr, ssim
+from avp.metrics import PSNR, SSIM, Unavailable, psnr, ssim
 from tests.face.photos import as_tensor, astronaut
 
 C1, C2 = 0.01**2, 0.03**2

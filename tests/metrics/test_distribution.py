@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avp.eval import FID, CLIPSimilarity, Unavailable, inception_cache_path, load_clip
+from avp.metrics import FID, CLIPSimilarity, Unavailable, inception_cache_path, load_clip
 
 # both are in the `eval` extra, which `make install` / `make test` install: these skips only fire in a bare venv
 NO_TORCH_FIDELITY = "FID's Inception network needs torch-fidelity (pip install -e '.[eval]')"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from avp.eval import LPIPS, PSNR, SSIM, IdentitySimilarity
-from tests.eval.test_lpips import _write_alexnet_features
+from avp.metrics import LPIPS, PSNR, SSIM, IdentitySimilarity
 from tests.face.photos import as_tensor, astronaut
+from tests.metrics.test_lpips import _write_alexnet_features
 
 
 @pytest.mark.gpu

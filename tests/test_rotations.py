@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from avp.head.rotations import (
+from avp.rotations import (
     axis_angle_to_matrix,
     axis_angle_to_quaternion,
     matrix_to_axis_angle,

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from avp.eval import (
+from avp.face import FaceToolsUnavailable, _models, detect_landmarks
+from avp.metrics import (
     IdentitySimilarity,
     KeypointPoseDistance,
     Unavailable,
     identity_scores,
     keypoint_pose_scores,
 )
-from avp.face import FaceToolsUnavailable, _models, detect_landmarks
 from tests.face.mesh_render import render_turned
 from tests.face.photos import as_tensor, astronaut, brick, grace_hopper, rescale, rotate_in_plane
 

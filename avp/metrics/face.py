@@ -12,7 +12,7 @@
   head poses (:mod:`avp.face.landmarks` convention); the per-axis means are reported too.
 
 All face tools run on the CPU; inputs may live on any device. When the ``face`` extra is missing, ``compute`` gives
-:class:`~avp.eval.unavailable.Unavailable` values carrying the install hint.
+:class:`~avp.metrics.unavailable.Unavailable` values carrying the install hint.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from avp.eval.unavailable import MetricValue, Unavailable
+from avp.metrics.unavailable import MetricValue, Unavailable
 
 AKD_RESOLUTION = 512
 

@@ -8,7 +8,9 @@ Images are ``[B, 3, H, W]`` floats in ``0..data_range``; masks ``[B, 1, H, W]`` 
 - SSIM: torchmetrics' definition (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, reflect padding so the SSIM map
   covers every pixel); unmasked it is the mean of the map (equal to
   ``torchmetrics.functional.structural_similarity_index_measure``), masked the mask-weighted mean of the map.
-  Identical images give 1.
+  Identical images give 1. (The decoder loss's :func:`avp.losses.ssim_map` has the same definition but is not used
+  here: in float32 it differs from torchmetrics' by up to ~5e-5 on images with flat regions, and training must keep
+  its numbers while reported metrics keep theirs.)
 
 An image whose mask is empty has no value (NaN per image); the accumulators skip it and count it in ``skipped``.
 """
@@ -22,7 +24,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from avp.eval.unavailable import MetricValue, Unavailable
+from avp.metrics.unavailable import MetricValue, Unavailable
 
 
 def _check(preds: Tensor, target: Tensor, mask: Tensor | None) -> Tensor | None:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from avp.eval.unavailable import MetricValue, Unavailable
+from avp.metrics.unavailable import MetricValue, Unavailable
 
 BACKBONE_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",

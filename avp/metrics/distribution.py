@@ -7,7 +7,7 @@
   similarity AvatarArtist calls CLIP score), from a local checkpoint ``weights_path`` of ``model_name`` (a file
   open_clip can load, e.g. OpenAI's ``ViT-B-32.pt``, or a ``local-dir`` folder with ``open_clip_config.json``).
 
-Without their files both report :class:`~avp.eval.unavailable.Unavailable` from ``compute``; a configured path that
+Without their files both report :class:`~avp.metrics.unavailable.Unavailable` from ``compute``; a configured path that
 does not exist raises ``FileNotFoundError``. Networks are held outside the module tree (so they are not saved in
 checkpoints of a module that owns the metric) and follow the inputs' device.
 """
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from avp.eval.unavailable import MetricValue, Unavailable
+from avp.metrics.unavailable import MetricValue, Unavailable
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 

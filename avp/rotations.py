@@ -1,8 +1,10 @@
-"""Rotation helpers: axis-angle, rotation matrices and unit quaternions (wxyz), batched over any leading dims.
+"""Rotations: axis-angle, rotation matrices and unit quaternions (wxyz), batched over any leading dims.
 
-Everything is pure torch, differentiable and takes device and dtype from its inputs. Quaternions follow the
-project convention ``(w, x, y, z)`` and the Hamilton product, so ``quaternion_to_matrix(quaternion_multiply(p, q))
-== quaternion_to_matrix(p) @ quaternion_to_matrix(q)``.
+The one implementation for the whole package: the head model (LBS, face frames, point rig), the renderer
+(covariances), portrait fitting and the converters all use it. Everything is pure torch, differentiable and takes
+device and dtype from its inputs. Quaternions follow the project convention ``(w, x, y, z)`` (as gsplat) and the
+Hamilton product, so ``quaternion_to_matrix(quaternion_multiply(p, q)) == quaternion_to_matrix(p) @
+quaternion_to_matrix(q)``.
 """
 
 from __future__ import annotations
@@ -62,20 +64,23 @@ def axis_angle_to_quaternion(axis_angle: Tensor) -> Tensor:
 
 
 def quaternion_to_matrix(quaternion: Tensor) -> Tensor:
-    """``[..., 4]`` quaternion wxyz (normalised here) -> ``[..., 3, 3]`` rotation matrix."""
+    """``[..., 4]`` quaternion wxyz (normalised here; gsplat's ``quat_to_rotmat``) -> ``[..., 3, 3]`` rotation matrix.
+
+    A zero quaternion gives the identity (the renderer refuses zero quaternions before they get here).
+    """
     if quaternion.shape[-1] != 4:
         raise ValueError(f"quaternion must be [..., 4] (wxyz), got {tuple(quaternion.shape)}")
-    q = quaternion / quaternion.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(quaternion.dtype).tiny)
+    norm = torch.linalg.vector_norm(quaternion, dim=-1, keepdim=True)
+    q = quaternion / norm.clamp_min(torch.finfo(quaternion.dtype).tiny)
     w, x, y, z = q.unbind(-1)
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz = x * y, x * z, y * z
-    wx, wy, wz = w * x, w * y, w * z
-    rows = [
-        1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
-        2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
-        2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
+    # Every entry forms its own products (no shared ``y * y`` between entries): sharing them would sum their
+    # gradients in another order and change the renderer's gradients, hence decoder training, in the last bits.
+    entries = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ]
-    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
+    return torch.stack(entries, dim=-1).unflatten(-1, (3, 3))
 
 
 def matrix_to_quaternion(matrix: Tensor) -> Tensor:

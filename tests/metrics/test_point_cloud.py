@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from avp import metrics
-from avp.metrics import (
+from avp.metrics import point_cloud
+from avp.metrics.point_cloud import (
     batch_point_cloud_metrics,
     binding_agreement,
     chamfer_distance,
@@ -129,7 +129,7 @@ def test_batched_metrics_respect_masks() -> None:
     tm = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
     pf, tf = torch.randint(0, 3, (2, 5), generator=g), torch.randint(0, 3, (2, 6), generator=g)
     out = batch_point_cloud_metrics(pred, pf, pm, target, tf, tm, tau=0.5)
-    ref = metrics.point_cloud_metrics(pred[0, :3], pf[0, :3], target[0, :4], tf[0, :4], 0.5)
+    ref = point_cloud.point_cloud_metrics(pred[0, :3], pf[0, :3], target[0, :4], tf[0, :4], 0.5)
     assert out[0] == ref and out[0].count_ratio == pytest.approx(3 / 4)
-    assert out[1] == metrics.point_cloud_metrics(pred[1], pf[1], target[1], tf[1], 0.5)
-    assert out[0] != metrics.point_cloud_metrics(pred[0], pf[0], target[0], tf[0], 0.5)  # the masks mattered
+    assert out[1] == point_cloud.point_cloud_metrics(pred[1], pf[1], target[1], tf[1], 0.5)
+    assert out[0] != point_cloud.point_cloud_metrics(pred[0], pf[0], target[0], tf[0], 0.5)  # the masks mattered

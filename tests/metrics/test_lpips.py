@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from avp.eval import LPIPS, Unavailable, backbone_cache_path, format_value, load_lpips, lpips_per_image
+from avp.metrics import LPIPS, Unavailable, backbone_cache_path, format_value, load_lpips, lpips_per_image
 
 
 @pytest.fixture
