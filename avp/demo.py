@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -49,6 +49,8 @@ class DemoData:
     portrait_size: int = 112
     points: tuple[int, int] = (150, 300)
     """Teacher point count range per subject."""
+    cameras: Literal["arc", "sphere"] = "arc"
+    """Clip cameras: a NeRSemble-like frontal arc, or all around the head (``avp data synth --cameras``)."""
     seed: int = 0
 
 
@@ -200,7 +202,7 @@ class Demo:
             "data", "synth", "--out", str(self.data_root), "--subjects", str(d.subjects), "--views", str(d.views),
             "--frames", str(d.frames), "--size", str(d.size), "--portrait-size", str(d.portrait_size),
             "--points", str(d.points[0]), str(d.points[1]), "--val-fraction", str(d.val_fraction),
-            "--test-fraction", str(d.test_fraction), "--seed", str(d.seed), "--overwrite"])
+            "--test-fraction", str(d.test_fraction), "--seed", str(d.seed), "--cameras", d.cameras, "--overwrite"])
 
     def stage_delta(self, stage: str) -> Path:
         """The demo's delta for ``stage`` merged with where it writes (data root, logger, generator checkpoint)."""
