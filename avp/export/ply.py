@@ -24,6 +24,7 @@ Every file is written atomically (a temporary file renamed over the target).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import re
@@ -267,10 +268,27 @@ def write_splat_ply(path: str | Path, cloud: GaussianCloud | PlySplats, *, sh_de
     return _write_ply(path, splat_fields(splats.sh_degree), splats.columns(binding=False))
 
 
-def write_gaussian_avatars_ply(path: str | Path, splats: PlySplats) -> Path:
-    """GaussianAvatars' ``point_cloud.ply`` from face-local splats (see :func:`to_gaussian_avatars`)."""
+def pad_sh(splats: PlySplats, sh_degree: int) -> PlySplats:
+    """The same splats with SH coefficients zero-padded to ``sh_degree`` (each channel's block of ``f_rest``)."""
+    have = splats.sh_degree
+    if sh_degree < have:
+        raise ValueError(f"ply: the splats have SH degree {have}; padding cannot lower it to {sh_degree}")
+    n, k_have, k_want = splats.n_points, (have + 1) ** 2 - 1, (sh_degree + 1) ** 2 - 1
+    rest = np.zeros((n, 3, k_want), np.float32)
+    rest[:, :, :k_have] = splats.f_rest.reshape(n, 3, k_have)
+    return dataclasses.replace(splats, f_rest=rest.reshape(n, 3 * k_want))
+
+
+def write_gaussian_avatars_ply(path: str | Path, splats: PlySplats, *, sh_degree: int | None = 3) -> Path:
+    """GaussianAvatars' ``point_cloud.ply`` from face-local splats (see :func:`to_gaussian_avatars`).
+
+    ``sh_degree``: GaussianAvatars' viewer and trainer build their models with ``sh_degree = 3`` and assert 45
+    ``f_rest`` properties when loading, so lower degrees are zero-padded to 3 by default; None keeps the splats'.
+    """
     if splats.binding is None:
         raise ValueError("ply: GaussianAvatars' point_cloud.ply needs a binding (face index) per splat")
+    if sh_degree is not None:
+        splats = pad_sh(splats, sh_degree)
     return _write_ply(path, gaussian_avatars_fields(splats.sh_degree), splats.columns())
 
 

@@ -87,7 +87,8 @@ class VideoWriter:
         if self.backend == "pyav":
             import av
 
-            self._impl = av.open(str(self._tmp), mode="w", format="mp4")
+            # faststart: the index (moov) before the frames, so browsers play the file before it has downloaded
+            self._impl = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
             rate = round(self.fps) if abs(self.fps - round(self.fps)) < 1e-9 else self.fps
             from fractions import Fraction
 
@@ -100,7 +101,7 @@ class VideoWriter:
 
             self._impl = imageio.get_writer(str(self._tmp), format="FFMPEG", mode="I", fps=self.fps, codec="libx264",
                                             pixelformat="yuv420p", macro_block_size=1,
-                                            output_params=["-crf", str(self.crf)])
+                                            output_params=["-crf", str(self.crf), "-movflags", "+faststart"])
 
     def write(self, frames: Tensor | np.ndarray) -> None:
         """Append frames (``[T, 3, H, W]`` float 0..1 or ``[T, H, W, 3]`` uint8); all frames share one size."""

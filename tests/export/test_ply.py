@@ -70,7 +70,14 @@ def test_field_names_and_order_match_gaussian_avatars(tmp_path, head):
     assert gaussian_avatars_fields(1) == GA_DEGREE_1
     assert gaussian_avatars_fields(0) == [n for n in GA_DEGREE_1 if not n.startswith("f_rest")]
     assert len([n for n in gaussian_avatars_fields(3) if n.startswith("f_rest")]) == 45
-    ours = write_gaussian_avatars_ply(tmp_path / "ours.ply", random_splats(7, 1, head.n_faces))
+    padded = write_gaussian_avatars_ply(tmp_path / "padded.ply", random_splats(7, 1, head.n_faces))
+    # GaussianAvatars' loader asserts 45 f_rest (its models are degree 3): padded with zeros by default
+    assert [n for n, _ in header(padded)] == gaussian_avatars_fields(3)
+    again = read_gaussian_avatars_ply(padded)
+    assert again.sh_degree == 3 and np.all(again.f_rest.reshape(7, 3, 15)[:, :, 3:] == 0)
+    np.testing.assert_array_equal(again.f_rest.reshape(7, 3, 15)[:, :, :3],
+                                  random_splats(7, 1, head.n_faces).f_rest.reshape(7, 3, 3))
+    ours = write_gaussian_avatars_ply(tmp_path / "ours.ply", random_splats(7, 1, head.n_faces), sh_degree=None)
     assert [n for n, _ in header(ours)] == GA_DEGREE_1
     assert {t for _, t in header(ours)} == {"f4"}  # every property float, binding included
     # the same header as the independent writer of GaussianAvatars' format in tests/fixtures
@@ -105,7 +112,7 @@ def test_world_ply_is_inria_layout(tmp_path, head):
 
 def test_plyfile_round_trip_reproduces_every_value(tmp_path, head):
     s = random_splats(50, 2, head.n_faces, seed=3)
-    path = write_gaussian_avatars_ply(tmp_path / "point_cloud.ply", s)
+    path = write_gaussian_avatars_ply(tmp_path / "point_cloud.ply", s, sh_degree=None)
     vertex = PlyData.read(str(path))["vertex"]
     table = np.stack([np.asarray(vertex[n]) for n in gaussian_avatars_fields(2)], 1)
     np.testing.assert_array_equal(table, s.columns())  # bit-exact float32 columns, normals zero
@@ -137,7 +144,7 @@ def test_opacity_one_and_padding(head):
 def test_gaussian_avatars_local_round_trip(tmp_path, head):
     cloud, faces, shape = random_cloud(head, 40, 1, seed=5)
     splats = to_gaussian_avatars(cloud, faces, head, shape)
-    path = write_gaussian_avatars_ply(tmp_path / "point_cloud.ply", splats)
+    path = write_gaussian_avatars_ply(tmp_path / "point_cloud.ply", splats, sh_degree=None)
     back, binding = from_gaussian_avatars(read_gaussian_avatars_ply(path), head, shape)
     assert torch.equal(binding[0], faces)
     torch.testing.assert_close(back.means, cloud.means, atol=1e-6, rtol=0)

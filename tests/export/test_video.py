@@ -26,6 +26,19 @@ def test_frame_count_size_and_colour(tmp_path, backend):
     np.testing.assert_allclose(decoded[:, 8:22, 8:32, 1].mean((1, 2)) / 255, colours.numpy(), atol=0.02)
     np.testing.assert_allclose(decoded[:, 8:22, 8:32, 0].mean() / 255, 0.2, atol=0.02)
     assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # shareable, not mkstemp's private mode
+    assert top_level_boxes(path).index(b"moov") < top_level_boxes(path).index(b"mdat")  # faststart: plays while loading
+
+
+def top_level_boxes(path) -> list[bytes]:
+    """The mp4's top-level box types in file order (ISO BMFF: 32-bit size, 4-byte type; size 1 = 64-bit size)."""
+    data, boxes, at = open(path, "rb").read(), [], 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+        if size == 1:
+            size = int.from_bytes(data[at + 8:at + 16], "big")
+        boxes.append(kind)
+        at += size if size > 0 else len(data)
+    return boxes
 
 
 def test_streaming_writer_and_atomicity(tmp_path):

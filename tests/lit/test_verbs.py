@@ -224,7 +224,7 @@ def test_decoder_predict_writes_the_avatarize_exports_per_test_subject(tmp_path:
         assert 1 <= n <= 24 and avatar.meta["points"] == "generated" and avatar.meta["subject"] == subject
         assert avatar.cloud.means.shape == (1, n, 3) and avatar.portrait is not None
         ga = read_gaussian_avatars_ply(folder / "gaussian_avatars" / "point_cloud.ply")
-        assert ga.n_points == n and ga.sh_degree == 0  # the debug decoder's sh_degree
+        assert ga.n_points == n and ga.sh_degree == 3  # the debug decoder's degree 0, padded for GaussianAvatars
         np.testing.assert_array_equal(ga.binding, avatar.binding.numpy())
         assert int(ga.binding.max()) < head_model.n_faces
         params = read_flame_param_npz(folder / "gaussian_avatars" / "flame_param.npz")
