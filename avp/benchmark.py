@@ -302,7 +302,7 @@ class Benchmark:
                 lo, hi = rows["template"][metric]["mean"], rows["resampled_teacher"][metric]["mean"]
                 full = rows["full"][metric]["mean"]
                 gap[metric] = (full - lo) / (hi - lo) if hi != lo else math.nan
-        return {"commit": git_sha(Path.cwd()), "seeds": list(c.seeds), "generator_seeds": c.generator_seeds,
+        return {"commit": git_sha(), "seeds": list(c.seeds), "generator_seeds": c.generator_seeds,
                 "rows": rows, "gap_closed": gap}
 
     def write(self, results: dict[str, Any], docs: Path | None, wall_s: float) -> None:

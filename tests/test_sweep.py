@@ -213,3 +213,15 @@ def test_a_local_sweep_runs_each_seed_skips_finished_runs_and_compares(toy: Path
     assert [r.seed for r in result.runs] == [0, 1] and {r.variant for r in result.runs} == {"full"}
     assert "| full | 2 |" in result.markdown  # the two seeds are one row, mean ± std
     assert " ± " in result.markdown.split("| full | 2 |")[1].splitlines()[0]
+
+
+def test_the_run_record_names_the_code_that_runs_even_from_a_scratch_workdir(toy: Path, tmp_path: Path) -> None:
+    from avp.provenance import git_sha
+    from avp.sweep.spec import run_record
+
+    scratch = tmp_path / "scratch"  # a work folder outside any git checkout, as on a cluster's scratch space
+    scratch.mkdir()
+    [run] = expand(load_spec(write_spec(toy, base_spec(toy)), workdir=scratch))
+    record = run_record(run)
+    assert record["git"] == git_sha() and record["git"] is not None  # avp's own checkout
+    assert record["workdir_git"] is None and record["workdir"] == str(scratch)

@@ -442,7 +442,8 @@ def run_record(run: PlannedRun) -> dict[str, Any]:
         "name": run.name, "variant": run.variant, "seed": run.seed, "index": run.index, "sweep": run.sweep,
         "workdir": str(run.workdir), "configs": [str(c) for c in run.configs], "overrides": run.overrides,
         "resources": asdict(run.resources), "python": run.resources.python or sys.executable,
-        "git": git_sha(run.workdir),
+        # the code that runs is avp's checkout (the work folder may be anywhere, e.g. a scratch dir on a cluster)
+        "git": git_sha(), "workdir_git": git_sha(run.workdir),
     }
 
 
