@@ -64,6 +64,18 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
                 super().instantiate_classes()
 
         def instantiate_trainer(self, **kwargs: Any) -> Any:
+            from lightning.pytorch.callbacks import ProgressBar
+
+            from avp.lit.progress import StepProgressBar
+
+            # avp runs are step-limited: unless the config brings its own bar or turns bars off, the bar counts
+            # steps towards max_steps with an ETA (and writes lines when stderr is not a terminal)
+            config = self._get(self.config_init, "trainer", default={})
+            listed = config.get("callbacks") or []
+            listed = list(listed) if isinstance(listed, list) else [listed]
+            if config.get("enable_progress_bar") is not False and "callbacks" not in kwargs \
+                    and not any(isinstance(c, ProgressBar) for c in listed):
+                kwargs["callbacks"] = [*listed, StepProgressBar()]
             trainer = super().instantiate_trainer(**kwargs)
             if self.subcommand == "predict":
                 add_prediction_writer(trainer)
