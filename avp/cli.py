@@ -34,6 +34,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "compare": ("avp.compare", "tables (md/csv) and plots comparing runs from their TensorBoard logs"),
     "avatarize": ("avp.avatarize", "photo -> avatar: driven and orbit mp4, GaussianAvatars and 3DGS ply exports"),
     "eval": ("avp.eval.cli", "evaluate a model on a protocol (configs/eval/): renders, metrics, report tables"),
+    "view": ("avp.view.cli", "look at an avatar and drive it in the browser (viser; the view extra)"),
 }
 
 
@@ -79,6 +80,8 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
             trainer = super().instantiate_trainer(**kwargs)
             if self.subcommand == "predict":
                 add_prediction_writer(trainer)
+            if self.subcommand == "fit":
+                add_run_summary(trainer)
             return trainer
 
     return AvpCLI(
@@ -93,6 +96,24 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
         run=run,
         auto_configure_optimizers=False,
     )
+
+
+def add_run_summary(trainer: Any) -> Any:
+    """``avp fit`` registers the run's metrics, hyper-parameters and config in TensorBoard
+    (:class:`avp.lit.tensorboard.RunSummary`) unless the config lists one. Returns the callback in use, or None
+    without a TensorBoard logger."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from avp.lit.tensorboard import RunSummary
+
+    if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+        return None
+    configured = [cb for cb in trainer.callbacks if isinstance(cb, RunSummary)]
+    if configured:
+        return configured[0]
+    summary = RunSummary()
+    trainer.callbacks.append(summary)
+    return summary
 
 
 def add_prediction_writer(trainer: Any) -> Any:
