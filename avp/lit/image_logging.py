@@ -1,4 +1,4 @@
-"""TensorBoard image grids of the decoder stage: per view a row ``target | render | error``.
+"""TensorBoard image grids of the decoder stage: per view a row ``target | render | error``, under a row of labels.
 
 The module keeps the panels of its latest step in ``pl_module.last_visuals[stage]`` (``[V, 3 panels, 3, H, W]``,
 the first sample's first frame: target, render, per-pixel mean absolute error in grey);
@@ -18,6 +18,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
@@ -27,13 +28,36 @@ from torchvision.utils import make_grid
 from avp.atomic import atomic_write_bytes
 from avp.lit.callbacks import local_log_dir
 
+PANEL_LABELS = ("target", "render", "|error|")
+LABEL_HEIGHT = 12
+"""Pixels of the label row above the grid (PIL's built-in bitmap font is ~11 px tall)."""
 
-def visual_grid(panels: Tensor, padding: int = 2) -> Tensor:
-    """``panels [V, P, 3, H, W]`` -> one image ``[3, H', W']``: a row per view, the ``P`` panels side by side."""
+
+def label_row(labels: tuple[str, ...], panel_width: int, padding: int, width: int) -> Tensor:
+    """``[3, LABEL_HEIGHT, width]`` white strip with each label above its column of a :func:`make_grid` grid."""
+    from PIL import ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (width, LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default()
+    for column, label in enumerate(labels):
+        draw.text((padding + column * (panel_width + padding) + 1, 0), label, fill=(0, 0, 0), font=font)
+    return torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1).float() / 255
+
+
+def visual_grid(panels: Tensor, padding: int = 2, labels: tuple[str, ...] | None = PANEL_LABELS) -> Tensor:
+    """``panels [V, P, 3, H, W]`` -> one image ``[3, H', W']``: a row per view, the ``P`` panels side by side, under a
+    row naming the panels (``labels``, one per panel; None: no labels)."""
     if panels.ndim != 5 or panels.shape[2] != 3:
         raise ValueError(f"visual_grid: panels must be [V, P, 3, H, W], got {tuple(panels.shape)}")
     V, P = panels.shape[:2]
-    return make_grid(panels.flatten(0, 1).float().clamp(0, 1), nrow=P, padding=padding, pad_value=1.0)
+    grid = make_grid(panels.flatten(0, 1).float().clamp(0, 1), nrow=P, padding=padding, pad_value=1.0)
+    if labels is None:
+        return grid
+    if len(labels) != P:
+        raise ValueError(f"visual_grid: {len(labels)} labels for {P} panels")
+    header = label_row(labels, panels.shape[-1], padding, grid.shape[-1]).to(grid)
+    return torch.cat([header, grid], dim=1)
 
 
 def png_bytes(image: Tensor) -> bytes:

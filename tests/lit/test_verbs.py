@@ -25,6 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from avp.export.ply import FLAME_PARAM_NAMES, read_flame_param_npz, read_gaussian_avatars_ply, read_splat_ply
 from avp.lit.decoder import DecoderModule
 from avp.lit.generator import GeneratorModule
+from avp.lit.image_logging import LABEL_HEIGHT
 from avp.lit.predict import read_point_ply
 from tests.lit.toy import (
     DECODER_CONFIGS,
@@ -186,8 +187,8 @@ def test_decoder_fit_writes_a_checkpoint_png_grids_and_metrics(decoder_run: Path
     pngs = sorted(p.name for p in (decoder_run / "images").glob("*.png"))
     assert pngs == ["train_step0000001.png", "train_step0000002.png", "val_step0000002.png"]
     with Image.open(decoder_run / "images" / "val_step0000002.png") as im:
-        # 2 views (rows) x 3 panels (target | render | error) of 32 px, padding 2
-        assert im.size == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2) and im.mode == "RGB"
+        # a label row, then 2 views (rows) x 3 panels (target | render | error) of 32 px, padding 2
+        assert im.size == (3 * 32 + 4 * 2, LABEL_HEIGHT + 2 * 32 + 3 * 2) and im.mode == "RGB"
 
 
 def test_decoder_validate_logs_image_metrics(tmp_path: Path, shards: Path, generator_ckpt: Path,
