@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The pair that installs and runs on our CPU machines; cluster users override it for their CUDA.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,face,video,slurm,eval
+EXTRAS ?= dev,face,video,slurm,eval,view
 PYTEST_ARGS ?=
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_OUT ?= demo
