@@ -60,6 +60,12 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
     from lightning.pytorch.cli import LightningCLI
 
     class AvpCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            if instantiate and self.subcommand == "fit":
+                from avp.lit.resume import resolve_resume
+
+                resolve_resume(self.config["fit"])  # same run folder, readable checkpoint (avp.lit.resume)
+
         def instantiate_classes(self) -> None:
             if instantiate:
                 super().instantiate_classes()
@@ -82,6 +88,7 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
                 add_prediction_writer(trainer)
             if self.subcommand == "fit":
                 add_run_summary(trainer)
+                add_fault_tolerance(trainer)
             return trainer
 
     return AvpCLI(
@@ -114,6 +121,21 @@ def add_run_summary(trainer: Any) -> Any:
     summary = RunSummary()
     trainer.callbacks.append(summary)
     return summary
+
+
+def add_fault_tolerance(trainer: Any) -> Any:
+    """``avp fit`` writes checkpoints atomically and, on resume, purges the TensorBoard events written after the
+    checkpoint (:class:`avp.lit.callbacks.FaultTolerance`, no status file) unless the config lists one (sweeps do,
+    with their status file). Returns the callback in use."""
+    from avp.lit.callbacks import FaultTolerance
+
+    configured = [cb for cb in trainer.callbacks if isinstance(cb, FaultTolerance)]
+    if configured:
+        return configured[0]
+    # a fit without checkpointing stays without: no final last.ckpt appears
+    callback = FaultTolerance(status_file=None, final_checkpoint=bool(trainer.checkpoint_callbacks))
+    trainer.callbacks.append(callback)
+    return callback
 
 
 def add_prediction_writer(trainer: Any) -> Any:

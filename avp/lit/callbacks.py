@@ -108,11 +108,12 @@ class FaultTolerance(Callback):
       step, and one entry per attempt): ``avp sweep`` skips runs whose state is ``finished``.
     """
 
-    def __init__(self, status_file: str = "status.json", checkpoint_dir: str | None = None,
+    def __init__(self, status_file: str | None = "status.json", checkpoint_dir: str | None = None,
                  final_checkpoint: bool = True, requeue: bool = True, requeue_signal: str = "SIGUSR1") -> None:
         """
         Args:
-            status_file: JSON status of the run, relative to ``trainer.default_root_dir`` unless absolute.
+            status_file: JSON status of the run, relative to ``trainer.default_root_dir`` unless absolute (None: no
+                status file, as for a plain ``avp fit``).
             checkpoint_dir: where ``last.ckpt`` / ``last-requeue.ckpt`` go; default: the ``dirpath`` of the first
                 ``ResumeCheckpoint`` or ``ModelCheckpoint`` with ``save_last``, else ``<default_root_dir>/checkpoints``.
             final_checkpoint: save ``last.ckpt`` at the end of training if no checkpoint holds the final step yet.
@@ -148,7 +149,7 @@ class FaultTolerance(Callback):
         return Path(trainer.default_root_dir) / "checkpoints"
 
     def _write_status(self, trainer: pl.Trainer, state: str, **attempt: Any) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self.status_file is None:
             return
         self._status["state"] = state
         self._status["global_step"] = int(trainer.global_step)
@@ -158,7 +159,7 @@ class FaultTolerance(Callback):
         atomic_write_json(self.status_path(trainer), self._status)
 
     def _start_attempt(self, trainer: pl.Trainer) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self.status_file is None:
             return
         path = self.status_path(trainer)
         try:
