@@ -169,3 +169,14 @@ def test_non_face_is_refused(checkpoints, photos, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no face found in" in err and "coffee.jpg" in err
     assert not (tmp_path / "driven.mp4").exists()
+
+
+def test_a_truncated_decoder_checkpoint_is_named(checkpoints, photos, tmp_path, capsys):
+    truncated = tmp_path / "decoder.ckpt"
+    truncated.write_bytes(Path(checkpoints.decoder).read_bytes()[:4096])  # a copy cut short
+    code = avp_main(["avatarize", "--image", str(photos / "astronaut.png"), "--out", str(tmp_path / "out"),
+                     "--decoder", str(truncated), "--device", "cpu", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot read decoder checkpoint {truncated}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
