@@ -30,8 +30,8 @@ from avp.models.conditional import ConditionalPointGenerator
 from avp.models.decoder import DecoderConfig, GaussianDecoder
 from avp.models.encoders import ConditionConfig
 from avp.models.generator import GeneratorConfig
+from avp.models.sampling import SamplingConfig
 from avp.models.tokenizer import TokenizerConfig
-from avp.sampling import SamplingConfig
 from avp.types import as_config
 
 GENERATOR_KEYS = ("head", "tokenizer", "condition", "model", "head_model_name")

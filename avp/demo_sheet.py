@@ -61,16 +61,10 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
 
     from avp.checkpoints import load_avatar_model
     from avp.data.schema import decode_sample
+    from avp.eval.clips import source_from_sample, target_from_sample
+    from avp.eval.methods import DecoderMethod, TeacherMethod, sampling_config
+    from avp.eval.plan import list_clips, stream_samples
     from avp.eval.protocol import load_protocol
-    from avp.eval.runner import (
-        DecoderMethod,
-        TeacherMethod,
-        _stream,
-        list_clips,
-        sampling_config,
-        source_from_sample,
-        target_from_sample,
-    )
 
     device = torch.device("cpu")
     protocol = load_protocol(Path(__file__).resolve().parents[1] / "configs" / "eval" / "self_reenactment.yaml",
@@ -86,7 +80,7 @@ def contact_sheet(data_root: str | Path, decoder_ckpt: str | Path, template_ckpt
     clips, _ = list_clips(str(data_root), split)
     keys = [c.key for c in sorted(clips, key=lambda c: c.key)[:subjects]]
     rows: list[np.ndarray] = []
-    for shard, raw in _stream(str(data_root), split, set(keys)):
+    for shard, raw in stream_samples(str(data_root), split, set(keys)):
         sample = decode_sample(raw, shard=shard, frame_index=[0])
         meta_views = Cameras(Ks=torch.from_numpy(sample.cameras.Ks).float(),
                              viewmats=torch.from_numpy(sample.cameras.viewmats).float(),

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from avp.atomic import atomic_open, atomic_write_json
 from avp.models.avatar import AvatarModel, PointInputs
-from avp.sampling import SamplingConfig
+from avp.models.sampling import SamplingConfig
 from avp.types import AvatarBatch, HeadParams
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ def sample_entries(generator_net: Any, conditions: Tensor, shapes: Tensor | None
     """``samples`` clouds for each of ``B`` subjects in one batched, KV-cached call (the bank's bulk fill).
 
     Every cloud draws from its own generator, seeded from its subject's seed and its index ``k``
-    (:func:`avp.sampling.sample` with one generator per row), so a subject's clouds do not depend on which subjects
-    share its batch (up to the floating-point effects of batched matrix products).
+    (:func:`avp.models.sampling.sample` with one generator per row), so a subject's clouds do not depend on which
+    subjects share its batch (up to the floating-point effects of batched matrix products).
 
     Args:
         conditions: ``[B, C, D]`` each subject's condition tokens, encoded alone; shapes: ``[B, S]`` or None.
@@ -350,7 +350,6 @@ def bank_inputs(model: AvatarModel, batch: AvatarBatch, condition: Tensor, entri
     """The decoder's inputs of a batch (its condition tokens ``[B, C, D]``) on its subjects' bank clouds: row ``i``
     takes cloud ``draw[i]`` of ``entries[i]``, or its teacher cloud where ``use_teacher[i]``. Features are the frozen
     generator's teacher-forced hidden states of the stored tokens (what sampling computed for them)."""
-    shape = batch.head.shape[:, 0] if batch.head.shape.ndim == 3 else batch.head.shape
     portrait = batch.portrait
     device, B = portrait.device, portrait.shape[0]
     tok = model.tokenizer
@@ -372,4 +371,4 @@ def bank_inputs(model: AvatarModel, batch: AvatarBatch, condition: Tensor, entri
     for i, s in enumerate(seqs):
         tokens[i, : len(s)] = s
     return model.prepare_tokens(condition, tokens, lengths, torch.tensor(finished, device=device), portrait,
-                                batch.portrait_head, shape, batch.extras.get("portrait_cameras"))
+                                batch.portrait_head, batch.head.shape, batch.portrait_camera)

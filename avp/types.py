@@ -72,7 +72,9 @@ class TensorContainer:
 class HeadParams(TensorContainer):
     """Head-model parameters with FLAME's names; rotations are axis-angle (radians), translation in metres.
 
-    Leading dims ``...`` are shared by every field (``[B]`` for one frame per avatar, ``[B, T]`` for sequences).
+    Leading dims ``...`` are shared by every field (``[B]`` for one frame per avatar, ``[B, T]`` for sequences), except
+    that a sequence of one subject may hold its identity once, ``shape [B, S]`` (as :attr:`AvatarBatch.head` does):
+    posing reads the per-frame fields only.
     """
 
     shape: Tensor
@@ -222,11 +224,27 @@ class RenderOutput(TensorContainer):
 
 
 @dataclass
+class CorruptionCounts:
+    """Corrupt samples the data stream skipped (``skip_corrupt=True``), carried by every :class:`AvatarBatch`."""
+
+    skipped: int = 0
+    """Samples skipped by the worker since its previous batch (each worker counts its own)."""
+    errors: list[str] = field(default_factory=list)
+    """The messages of those skips (shard, key and member)."""
+    total: int | None = None
+    """Running total of skipped samples over all workers, set in the main process by the DataModule's
+    ``CorruptionMonitor`` (None before it saw the batch)."""
+    samples_total: int | None = None
+    """Running total of samples delivered, set alongside ``total``."""
+
+
+@dataclass
 class AvatarBatch(TensorContainer):
     """What the DataModule yields to both training stages: ``B`` subject clips.
 
     Per sample ``T`` frames and ``V`` views are drawn from the clip; ``N`` is the largest teacher point count in the
-    batch (shorter clouds are padded, ``teacher.mask`` marks real points).
+    batch (shorter clouds are padded, ``teacher.mask`` marks real points). Fields after ``head`` are optional so that
+    batches built in memory (tests, benchmarks) need only what their consumer reads; the data pipeline fills them all.
     """
 
     subject: list[str]
@@ -244,15 +262,27 @@ class AvatarBatch(TensorContainer):
     cameras: Cameras
     """``Ks [B, V, 3, 3]``, ``viewmats [B, V, 4, 4]``: the views of ``images``."""
     head: HeadParams
-    """``[B, T, ...]`` head parameters of the target frames."""
+    """Head parameters of the target frames: ``[B, T, ...]`` per frame, except the identity ``shape [B, S]``, which
+    is the subject's and the same in every frame (animation reads the per-frame fields; the rig holds the shape)."""
     masks: Tensor | None = None
     """``[B, T, V, 1, H, W]`` foreground masks in 0..1, when the shards have them."""
     frame_index: Tensor | None = None
     """``[B, T]`` long, which clip frames were drawn."""
     view_index: Tensor | None = None
     """``[B, V]`` long, which clip cameras were drawn."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Free-form per-batch metadata (e.g. skipped-sample counts); not moved between devices unless tensors."""
+    background: Tensor | None = None
+    """``[B, 3]`` each clip's background colour in 0..1 (what its frames are composited over)."""
+    portrait_camera: Cameras | None = None
+    """``Ks [B, 1, 3, 3]``, ``viewmats [B, 1, 4, 4]`` and the portrait's size: the camera of each portrait's head fit
+    (the decoder's ``appearance: pixel`` projects points with it)."""
+    keys: list[str] | None = None
+    """``[B]`` the shard sample keys (``subject__sequence``)."""
+    head_model: str | None = None
+    """The head model every sample of the batch was written with."""
+    n_points: Tensor | None = None
+    """``[B]`` long, real teacher points per sample (``teacher.mask.sum(1)``)."""
+    corrupt: CorruptionCounts = field(default_factory=CorruptionCounts)
+    """Corrupt samples skipped while this batch was read (plain numbers: never moved between devices)."""
 
     @property
     def batch_size(self) -> int:

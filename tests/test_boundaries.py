@@ -121,3 +121,128 @@ def test_pipeline_takes_no_framing_from_synthetic_data() -> None:
     """The camera framing lives in :mod:`avp.head.framing`, shared by the data generator and the pipeline."""
     imported = _imported_modules(PACKAGE / "pipeline.py")
     assert not [m for m in imported if m.startswith("avp.data")], imported
+
+
+# -------------------------------------------------------------------------------- layers (docs/ARCHITECTURE.md)
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
+LAYERS_MARKER = "<!-- layers:"
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def parse_layers(text: str) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """The layer table after the ``<!-- layers:`` marker: ``(module -> layer, layer -> layers it may import)``.
+
+    Rows are ``| layer | `module`, `module` | layer, layer |``; the header and the ``|---|`` rule are skipped and the
+    table ends at the first line that is not a row."""
+    lines = text.split(LAYERS_MARKER, 1)[1].splitlines()[1:]
+    layer_of: dict[str, str] = {}
+    allowed: dict[str, set[str]] = {}
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        layer, modules, may_import = _cells(line)
+        if layer.lower() == "layer" or set(layer) <= {"-", ":"}:
+            continue
+        for module in re.findall(r"`([^`]+)`", modules):
+            if module in layer_of:
+                raise ValueError(f"ARCHITECTURE.md: {module!r} is in layers {layer_of[module]!r} and {layer!r}")
+            layer_of[module] = layer
+        allowed[layer] = {name.strip() for name in may_import.split(",") if name.strip()}
+    unknown = {n for names in allowed.values() for n in names} - set(allowed)
+    if unknown:
+        raise ValueError(f"ARCHITECTURE.md: 'may import' names layers that have no row: {sorted(unknown)}")
+    return layer_of, allowed
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def avp_imports(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+    """``(line, module)`` of every import of an ``avp`` module in ``path`` (its text, or ``source``; lazy imports
+    included, relative ones resolved, ``from avp import x`` counted as ``avp.x``)."""
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module == "avp":
+                found += [(node.lineno, f"avp.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, module))
+    return [(line, m) for line, m in found if m == "avp" or m.startswith("avp.")]
+
+
+def _part(module: str) -> str:
+    """The top-level part of ``avp`` a module belongs to (``avp.models.decoder`` -> ``models``; the package root
+    -> ``avp``)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "avp"
+
+
+def layer_violations(path: Path, layer_of: dict[str, str], allowed: dict[str, set[str]],
+                     source: str | None = None) -> list[str]:
+    """What ``path`` (or ``source`` as if it were that file) imports against the table:
+    ``"<file>:<line> (<layer>) imports <module> (<layer>); …"``."""
+    own = _part(_module_name(path))
+    mine = layer_of[own]
+    bad = []
+    for line, module in avp_imports(path, source):
+        part = _part(module)
+        if part == own:
+            continue
+        theirs = layer_of.get(part)
+        if theirs is None:
+            bad.append(f"{_rel(path)}:{line} imports {module}, whose part {part!r} is in no layer of ARCHITECTURE.md")
+        elif theirs not in allowed[mine]:
+            bad.append(f"{_rel(path)}:{line} ({mine}) imports {module} ({theirs}); {mine} may import only "
+                       f"{', '.join(sorted(allowed[mine]))}")
+    return bad
+
+
+LAYER_OF, LAYERS_ALLOWED = parse_layers(ARCHITECTURE.read_text())
+
+
+def test_every_part_of_the_package_has_a_layer_and_every_layer_entry_exists() -> None:
+    parts = {_part(_module_name(p)) for p in _sources()}
+    missing = sorted(parts - set(LAYER_OF))
+    assert not missing, f"add {missing} to a row of the layer table in docs/ARCHITECTURE.md"
+    stale = sorted(set(LAYER_OF) - parts)
+    assert not stale, f"docs/ARCHITECTURE.md's layer table names {stale}, which are not in avp/"
+
+
+@pytest.mark.parametrize("path", _sources(), ids=_rel)
+def test_imports_follow_the_layers(path: Path) -> None:
+    bad = layer_violations(path, LAYER_OF, LAYERS_ALLOWED)
+    assert not bad, "forbidden imports (docs/ARCHITECTURE.md):\n" + "\n".join(bad)
+
+
+def test_layer_checks_catch_violations(tmp_path: Path) -> None:
+    """The parser reads a table like the document's, and a model importing the sampler above it, a relative import
+    or a ``from avp import x`` of a higher layer are all caught, naming the file and the import."""
+    layer_of, allowed = parse_layers("x\n<!-- layers: t -->\n| Layer | Modules | May import |\n|---|---|---|\n"
+                                     "| low | `types`, `models` | low |\n| high | `lit` | low, high |\n\nafter\n")
+    assert layer_of == {"types": "low", "models": "low", "lit": "high"}
+    assert allowed == {"low": {"low"}, "high": {"low", "high"}}
+    probe = PACKAGE / "models" / "_boundary_probe.py"  # never written: its text is passed in
+    source = ("import torch\nfrom avp.types import X\nfrom avp.lit.decoder import D\nfrom ..lit import y\n"
+              "from . import layers\ndef f():\n    from avp import lit\n")
+    assert [m for _, m in avp_imports(probe, source)] == ["avp.types", "avp.lit.decoder", "avp.lit", "avp.models",
+                                                         "avp.lit"]
+    bad = layer_violations(probe, layer_of, allowed, source)
+    assert len(bad) == 3 and all(b.startswith("models/_boundary_probe.py:") for b in bad), bad
+    assert "imports avp.lit.decoder (high)" in bad[0]
+    with pytest.raises(ValueError, match="no row"):
+        parse_layers("<!-- layers: -->\n| a | `x` | b |\n")

@@ -117,6 +117,21 @@ def test_animate_reuses_the_rig(avatar, monkeypatch):
     assert float(moved.max()) < 0.1
 
 
+def test_render_takes_one_camera_set_per_frame(avatar):
+    """``Ks [T, V, 3, 3]`` cameras give frame ``t`` its own views: the frame rendered alone with them (up to the
+    skinning's rounding, which depends on how many frames are posed together)."""
+    seq = builtin_motion("talk", avatar.head_model, frames=3)
+    per_frame = avatar.view_cameras([-20.0, 0.0, 20.0, 40.0, 10.0, -10.0], size=24)
+    per_frame = per_frame.map(lambda t: t.unflatten(0, (3, 2)))  # [T=3, V=2]
+    out = avatar.render(per_frame, seq.head, chunk=2)
+    assert out.rgb.shape == (3, 2, 3, 24, 24)
+    for t in range(3):
+        alone = avatar.render(per_frame.map(lambda x, t=t: x[t]), seq.head.map(lambda x, t=t: x[t : t + 1]))
+        torch.testing.assert_close(out.rgb[t], alone.rgb[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"Ks \[V, 3, 3\] or \[T=3, V, 3, 3\]"):
+        avatar.render(per_frame.map(lambda x: x[:2]), seq.head)
+
+
 def test_save_load_round_trip(tmp_path, avatar):
     save_avatar(avatar, tmp_path / "avatar")
     back = load_avatar(tmp_path / "avatar")

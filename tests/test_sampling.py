@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from avp.models.generator import GeneratorConfig, GeneratorOutput, PointGenerator
+from avp.models.sampling import SamplingConfig, context_windows, order_threshold, sample, teacher_forced
 from avp.models.tokenizer import ORDERS, PointTokenizer
-from avp.sampling import SamplingConfig, context_windows, order_threshold, sample, teacher_forced
 
 BOUNDS = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
@@ -292,7 +292,7 @@ def test_per_row_generators_make_each_cloud_independent_of_its_batch() -> None:
 
 
 def test_per_row_draws_follow_the_distribution_and_never_pick_masked_tokens() -> None:
-    from avp.sampling import draw_tokens
+    from avp.models.sampling import draw_tokens
 
     probs = torch.tensor([[0.0, 0.2, 0.0, 0.8, 0.0]]).expand(4000, 5)
     draws = draw_tokens(probs, [torch.Generator().manual_seed(i) for i in range(4000)])

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from avp.bench._timing import measure
 from avp.device import ACCELERATOR, select_device
 from avp.models.generator import GeneratorConfig, PointGenerator, training_windows
+from avp.models.sampling import SamplingConfig, sample
 from avp.models.tokenizer import PointTokenizer
-from avp.sampling import SamplingConfig, sample
 
 DESCRIPTION = "AR generator: KV-cache vs recompute sampling at 4k tokens, training tokens/s, 10k-point avatar on GPU"
 FLAME_TEETH_FACES = 10144

@@ -1,5 +1,6 @@
-"""Shards and data: the shard schema, manifest, atomic writer, streaming reader/pipeline, the synthetic subject
-generator and the GaussianAvatars/NeRSemble converter (``avp data …``; the DataModule is ``avp.lit.data``)."""
+"""Shards and data: the shard schema, manifest, atomic writer, streaming reader, the sample -> batch stream
+(``item``, ``collate``, ``stream``), the synthetic subject generator and the GaussianAvatars/NeRSemble converter
+(``avp data …``; the DataModule is ``avp.lit.data``)."""
 
 from __future__ import annotations
 

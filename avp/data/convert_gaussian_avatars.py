@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avp.data.pipeline import fit_square, square_intrinsics
+from avp.data.item import fit_square, square_intrinsics
 from avp.data.schema import CameraArrays, ClipSample, TeacherGaussians, make_meta, sample_key
 from avp.types import HEAD_PARAM_FIELDS
 

@@ -1,6 +1,10 @@
 """Evaluation reports: per-sample JSON lines, per-run ``metrics.json`` and ``metrics.csv`` with provenance, and
 markdown tables in the paper's layout (rows are methods, columns metrics with ↑/↓). Every file is written atomically.
 
+:class:`RunReport` writes one method's report; :func:`write_run_reports` writes the whole folder of an ``avp eval`` run
+(every method: ``samples.jsonl``, ``metrics.json``/``.csv``, ``table.md``, ``examples.png``, per-method reports and
+TensorBoard scalars). One responsibility (what a run's numbers look like on disk), hence its length.
+
 Values are floats or :class:`~avp.metrics.unavailable.Unavailable`. In JSON an unavailable value is
 ``{"unavailable": "<reason>"}`` and a non-finite float is the string ``"inf"``, ``"-inf"`` or ``"nan"`` (JSON has no
 such numbers); in CSV and markdown an unavailable value reads ``unavailable (<reason>)``, never a number.
@@ -18,13 +22,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from avp.atomic import atomic_write_json, atomic_write_text
+from avp.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from avp.eval.protocol import EvalProtocol
 from avp.metrics.unavailable import MetricValue, Unavailable, as_metric_value, format_value
 from avp.provenance import environment, git_sha
 
 REPORT_SCHEMA = 1
+RUN_SCHEMA = 1
+"""Schema of an ``avp eval`` run folder (``run.json``, ``metrics.json``)."""
 SAMPLES_FILE = "samples.jsonl"
 METRICS_FILE = "metrics.json"
 CSV_FILE = "metrics.csv"
@@ -275,3 +283,114 @@ def table_from_runs(run_dirs: Sequence[str | Path], columns: Sequence[str] = PAP
     if len(set(names)) != len(names):
         raise ValueError(f"two runs share a method name: {names}; rows would collide")
     return markdown_table({r.method: r.metrics for r in runs}, columns)
+
+
+def write_run_reports(out: Path, protocol: EvalProtocol, run_record: Mapping[str, Any], labels: Mapping[str, str],
+                      metrics: Mapping[str, Mapping[str, MetricValue]], records: Sequence[Mapping[str, Any]],
+                      example: Sequence[Tensor]) -> dict[str, Path]:
+    """Write every report file of a finished evaluation run into ``out``; returns their paths.
+
+    ``run_record``: the run's ``run.json`` content (its ``methods`` hold each row's description, checkpoint included);
+    ``labels``: method key -> table row, in table order; ``metrics``: method key -> the run's values; ``records``: one
+    per method x sample (``samples.jsonl``); ``example``: image columns ``[V, 3, H, W]`` for ``examples.png``.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    sha = run_record["git_sha"]
+    n_samples = len({r["sample"] for r in records})
+    descriptions = run_record["methods"]
+    checkpoints = {k: d.get("checkpoint") for k, d in descriptions.items()}
+    files: dict[str, Path] = {}
+
+    samples_text = "".join(json.dumps({**r, "metrics": to_json_value(r["metrics"])}) + "\n" for r in records)
+    files["samples"] = out / "samples.jsonl"
+    atomic_write_text(files["samples"], samples_text)
+
+    files["metrics_json"] = out / "metrics.json"
+    atomic_write_json(files["metrics_json"], {
+        "schema": RUN_SCHEMA, "protocol": run_record["protocol"], "n_samples": n_samples,
+        "methods": {k: {"label": labels[k], "metrics": to_json_value(v)} for k, v in metrics.items()},
+        "checkpoints": run_record["checkpoints"], "options": run_record["options"], "data": run_record["data"],
+        "git_sha": sha, "environment": run_record["environment"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    files["metrics_csv"] = out / "metrics.csv"
+    atomic_write_text(files["metrics_csv"], _run_csv(metrics, labels, protocol, sha, n_samples, checkpoints))
+
+    rows = {labels[k]: v for k, v in metrics.items()}
+    table = markdown_table(rows, protocol.columns())
+    res = protocol.render.resolution
+    overrides = run_record["protocol"]["overrides"]
+    header = (f"# {protocol.name} v{protocol.version} ({protocol.task}-reenactment)\n\n"
+              f"{n_samples} samples of split `{protocol.data.split}`, {res}x{res} renders, face metrics at "
+              f"{protocol.face.resolution} px{'; overrides: `' + ' '.join(overrides) + '`' if overrides else ''}; "
+              f"git `{sha}`.\n\n")
+    notes = _direction_notes(protocol.columns())
+    files["table"] = out / "table.md"
+    atomic_write_text(files["table"], header + table + notes)
+
+    if example:
+        files["examples"] = out / "examples.png"
+        atomic_write_bytes(files["examples"], _image_grid(example))
+
+    protocol_record = {"name": protocol.name, "version": protocol.version, **run_record["protocol"]}
+    for key in labels:
+        report = RunReport(out / "methods" / _slug(key), method=labels[key], protocol=protocol_record,
+                           config={"method": key, **descriptions[key], "options": run_record["options"]})
+        for r in records:
+            if r["method"] == key:
+                report.add_sample(r["sample"], r["metrics"], subject=r["subject"], driver=r["driver"],
+                                  frames=r["frames"], views=r["views"], seed=r["seed"], n_points=r["n_points"],
+                                  finished=r["finished"])
+        report.finish(metrics[key])
+        writer = SummaryWriter(log_dir=str(out / "tensorboard" / _slug(key)))
+        try:
+            for tag, value in scalars_for_logging(metrics[key], "test").items():
+                writer.add_scalar(tag, value, global_step=0)
+            writer.add_text("test/protocol", f"{protocol.name} v{protocol.version}: {labels[key]}", global_step=0)
+        finally:
+            writer.close()
+    files["tensorboard"] = out / "tensorboard"
+    return files
+
+
+def _direction_notes(columns: Sequence[str]) -> str:
+    known = [c for c in columns if spec(c).higher_is_better is not None]
+    if not known:
+        return ""
+    return "\n↑ higher is better, ↓ lower is better; the best available value of a column is bold.\n"
+
+
+def _image_grid(columns: Sequence[Tensor]) -> bytes:
+    """PNG of image columns, each ``[V, 3, H, W]`` (rows = views)."""
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(col), dim=-2) for col in columns], dim=-1)  # [3, V H, C W]
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _run_csv(rows: Mapping[str, Mapping[str, MetricValue]], labels: Mapping[str, str], protocol: EvalProtocol,
+             sha: str | None, n: int, checkpoints: Mapping[str, Any]) -> str:
+    keys: list[str] = []
+    for values in rows.values():
+        keys += [k for k in values if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "label", "protocol", "protocol_version", "git_sha", "n_samples", *keys,
+                     "checkpoint_sha256"])
+    for method, values in rows.items():
+        cells = []
+        for k in keys:
+            v = values.get(k, Unavailable("not measured for this method"))
+            cells.append(str(v) if isinstance(v, Unavailable) else repr(float(v)))
+        ckpt = checkpoints.get(method) or {}
+        writer.writerow([method, labels[method], protocol.name, protocol.version, sha or "", n, *cells,
+                         ckpt.get("sha256", "")])
+    return buffer.getvalue()
+
+
+def _slug(key: str) -> str:
+    return key.replace("/", "_")

@@ -1,6 +1,6 @@
 """``AvatarDataModule``: multi-view head clip shards -> :class:`avp.types.AvatarBatch` for both training stages.
 
-The streaming logic lives in :mod:`avp.data.pipeline` (no Lightning); this module sizes the streams for DDP
+The streaming logic lives in :mod:`avp.data.stream` (no Lightning); this module sizes the streams for DDP
 (rank and world size are read here, in the main process, after the process group exists), builds the loaders and
 checks the corruption budget. Each loader yields ``len(loader)`` batches per epoch on every rank.
 """
@@ -14,10 +14,11 @@ from typing import Any
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch.utils.data import DataLoader
 
+from avp.data.collate import CorruptionMonitor
 from avp.data.manifest import Manifest
-from avp.data.pipeline import ClipStream, CorruptionMonitor, StreamConfig, distributed_info
 from avp.data.reader import ShardRef, iter_raw_samples, resolve_shards
 from avp.data.schema import decode_meta
+from avp.data.stream import ClipStream, StreamConfig, distributed_info
 from avp.types import AvatarBatch
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ class AvatarDataModule(LightningDataModule):
         samples_per_epoch: training samples per epoch over all ranks (default: the split's sample count); every rank
             yields ``max(1, samples_per_epoch // (world * workers * batch_size)) * workers`` full batches
             (``workers = max(num_workers, 1)``).
-        skip_corrupt: skip and count corrupt samples (``batch.extras["corrupt_skipped"]``, running totals in
-            ``corrupt_total``/``samples_total``) instead of raising.
+        skip_corrupt: skip and count corrupt samples (``batch.corrupt.skipped``, running totals in
+            ``batch.corrupt.total``/``samples_total``) instead of raising.
         max_corrupt_fraction: with ``skip_corrupt``, fail once more than this fraction of the samples (of the larger
             of samples read and one epoch) was corrupt.
         pin_memory, persistent_workers: as in ``torch.utils.data.DataLoader``.
@@ -179,6 +180,6 @@ class CorruptSamplesLogger(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if isinstance(batch, AvatarBatch) and "corrupt_total" in batch.extras:
-            pl_module.log("train/data_corrupt_skipped", float(batch.extras["corrupt_total"]), on_step=True,
+        if isinstance(batch, AvatarBatch) and batch.corrupt.total is not None:
+            pl_module.log("train/data_corrupt_skipped", float(batch.corrupt.total), on_step=True,
                           on_epoch=False, batch_size=batch.batch_size)

@@ -17,8 +17,8 @@ Per training batch (PAPER.md §3, §5.2):
    :mod:`avp.losses`).
 
 Where the points come from is the ``points`` switch (``eval_points`` for validation/test): ``teacher`` (the shard's
-teacher cloud, the paper's training), ``generated`` (sampled by :mod:`avp.sampling` from the portrait, features from
-the same forward: the full pipeline), ``template`` (a fixed set of points on the subject's neutral head-model
+teacher cloud, the paper's training), ``generated`` (sampled by :mod:`avp.models.sampling` from the portrait, features
+from the same forward: the full pipeline), ``template`` (a fixed set of points on the subject's neutral head-model
 surface, the paper's "FLAME position" ablation; they go through the generator teacher-forced like teacher points,
 so only their positions differ). For training only, ``generated_bank`` trains on what ``generated`` tests: clouds
 sampled once per training subject from the frozen generator and cached on disk next to the run
@@ -54,8 +54,8 @@ from avp.metrics.lpips import LPIPS, load_lpips
 from avp.metrics.unavailable import Unavailable
 from avp.models.avatar import ANIMATION_MODES, POINT_SOURCES, PointInputs, PointSource
 from avp.models.decoder import DecoderConfig, DecoderOutput
+from avp.models.sampling import SamplingConfig
 from avp.point_bank import PointBank, bank_entries, bank_inputs, bank_key, fill_bank, state_digest
-from avp.sampling import SamplingConfig
 from avp.types import AvatarBatch, as_config
 
 TrainPointSource = Literal["teacher", "generated", "template", "generated_bank"]
@@ -284,11 +284,10 @@ class DecoderModule(LightningModule):
         ``points_mix``); ``draw [B]`` long: which of the ``bank_samples`` clouds each row takes (default: uniform).
         Both defaults draw from the global RNG (seeded by ``seed_everything``).
         """
-        shape = batch.head.shape[:, 0] if batch.head.shape.ndim == 3 else batch.head.shape
         B = batch.batch_size
         condition = self.model.encode_condition(batch.portrait, batch.portrait_head)
         entries = bank_entries(self.model, self.point_bank, self.hparams.bank_seed, list(batch.subject),
-                               batch.portrait, batch.portrait_head, shape)
+                               batch.portrait, batch.portrait_head, batch.head.shape)
         if use_teacher is None:  # (no draw when there is nothing to choose: the global RNG stream is left alone)
             use_teacher = torch.rand(B) < self.points_mix if self.points_mix > 0 else torch.zeros(B, dtype=torch.bool)
         if draw is None:
@@ -302,11 +301,10 @@ class DecoderModule(LightningModule):
         subject's shape from ``batch.head``); ``generated_bank``: :meth:`prepare_bank`."""
         if points == "generated_bank":
             return self.prepare_bank(batch)
-        shape = batch.head.shape[:, 0] if batch.head.shape.ndim == 3 else batch.head.shape
         return self.model.prepare(batch.portrait, batch.portrait_head, points=points,
                                   teacher_means=batch.teacher.means, teacher_binding=batch.binding,
-                                  teacher_mask=batch.teacher.valid_mask(), shape=shape, generator=generator,
-                                  portrait_camera=batch.extras.get("portrait_cameras"))
+                                  teacher_mask=batch.teacher.valid_mask(), shape=batch.head.shape,
+                                  generator=generator, portrait_camera=batch.portrait_camera)
 
     # ------------------------------------------------------------------------------------------------ training
     def loss_step(self, batch: AvatarBatch, points: TrainPointSource, generator: torch.Generator | None = None,
@@ -319,8 +317,7 @@ class DecoderModule(LightningModule):
         if prepared is None:
             prepared = self.prepare_batch(batch, points, generator)
         dec = self.model.decode(prepared)
-        rgb = self.model.render_batch(dec.cloud, prepared.rig, batch.head, batch.cameras,
-                                      batch.extras.get("background"))
+        rgb = self.model.render_batch(dec.cloud, prepared.rig, batch.head, batch.cameras, batch.background)
         target = batch.images.to(rgb.dtype)
         with torch.autocast(device_type=rgb.device.type, enabled=False):
             terms = total_loss(rgb.flatten(0, 2), target.flatten(0, 2), dec.offsets.float(),

@@ -4,8 +4,8 @@ Training cuts every teacher sequence into one random window of ``train_window`` 
 starting at BOS or at a point boundary, with the condition always attached and the window's absolute positions
 (:func:`avp.models.generator.training_windows`); sequences that fit are trained whole. Validation computes the
 teacher-forced loss and per-role accuracy with exactly the contexts sampling uses
-(:func:`avp.sampling.context_windows`), and every ``val_sample_every_n_epochs`` epochs samples clouds for the first
-``val_sample_subjects`` validation subjects and logs Chamfer distance, F-score@tau, point-count ratio and binding
+(:func:`avp.models.sampling.context_windows`), and every ``val_sample_every_n_epochs`` epochs samples clouds for the
+first ``val_sample_subjects`` validation subjects and logs Chamfer distance, F-score@tau, point-count ratio and binding
 agreement against the teacher, plus a picture of generated vs teacher points.
 
 Checkpoints carry the head, tokenizer, condition and model configs (plain dicts, so ``load_from_checkpoint`` works
@@ -29,8 +29,8 @@ from avp.metrics.point_cloud import PointCloudMetrics, batch_point_cloud_metrics
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.encoders import ConditionConfig
 from avp.models.generator import GeneratorConfig, role_cross_entropy, role_logits, training_windows
+from avp.models.sampling import SamplingConfig, context_windows
 from avp.models.tokenizer import ROLE_NAMES, PointTokenizer, TokenizerConfig
-from avp.sampling import SamplingConfig, context_windows
 from avp.types import AvatarBatch, as_config
 
 if TYPE_CHECKING:
@@ -90,20 +90,20 @@ class GeneratorModule(LightningModule):
         if head_model_name is not None and head_model_name != head_model.name:
             raise ValueError(f"GeneratorModule: this checkpoint was trained with head model {head_model_name!r} but "
                              f"the head config builds {head_model.name!r}; pass the same head config (model.head)")
+        self.save_hyperparameters()  # every __init__ argument, as given (normalised below)
         self.net = ConditionalPointGenerator(head_model, tok_cfg, cond_cfg, model_cfg)
         self.train_window = int(train_window)
         self.val_sampling = dataclasses.replace(sampling_cfg, window=self.train_window)
         self.val_sampling.validate()
-        # ``_class_path``: LightningCLI rebuilds the module from ``--ckpt_path`` alone (load_from_checkpoint drops it)
+        # checkpoints hold plain dicts (loadable with weights_only) with every config field and the head model's name
+        # filled in; ``_class_path`` lets LightningCLI rebuild the module from ``--ckpt_path`` alone
+        # (load_from_checkpoint drops it)
+        configs = {"head": head_cfg, "tokenizer": tok_cfg, "condition": cond_cfg, "model": model_cfg,
+                   "val_sampling": sampling_cfg}
         self.save_hyperparameters({
+            **{name: dataclasses.asdict(config) for name, config in configs.items()},
+            "train_window": self.train_window, "betas": tuple(betas), "head_model_name": head_model.name,
             "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-            "head": dataclasses.asdict(head_cfg), "tokenizer": dataclasses.asdict(tok_cfg),
-            "condition": dataclasses.asdict(cond_cfg), "model": dataclasses.asdict(model_cfg),
-            "train_window": self.train_window, "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas),
-            "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
-            "val_sampling": dataclasses.asdict(sampling_cfg), "val_sample_every_n_epochs": val_sample_every_n_epochs,
-            "val_sample_subjects": val_sample_subjects, "fscore_tau": fscore_tau, "seed": seed,
-            "head_model_name": head_model.name,
         })
         self._val_metrics: list[PointCloudMetrics] = []
         self._val_finished: list[bool] = []

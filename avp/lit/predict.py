@@ -168,7 +168,7 @@ def _subject_batch(batch: AvatarBatch, b: int) -> AvatarBatch:
     """Sample ``b`` of a batch as a batch of one (tensors with the batch dimension are sliced, others kept)."""
     B = batch.batch_size
     one = batch.map(lambda t: t[b : b + 1] if t.dim() > 0 and t.shape[0] == B else t)
-    return dataclasses.replace(one, subject=[batch.subject[b]])
+    return dataclasses.replace(one, subject=[batch.subject[b]], keys=None if batch.keys is None else [batch.keys[b]])
 
 
 @torch.no_grad()
@@ -189,12 +189,13 @@ def generator_predictions(module: Any, batch: AvatarBatch) -> list[GeneratedClou
     return out
 
 
-def _portrait_camera(batch: AvatarBatch) -> Cameras | None:
-    camera = batch.extras.get("portrait_cameras")
-    if not isinstance(camera, Cameras):
+def _portrait_camera(one: AvatarBatch) -> Cameras | None:
+    """The portrait camera of a batch of one as an avatar records it (``Ks [1, 3, 3]``), if the batch has it."""
+    camera = one.portrait_camera
+    if camera is None:
         return None
-    return Cameras(Ks=camera.Ks.reshape(-1, 3, 3)[:1].float(), viewmats=camera.viewmats.reshape(-1, 4, 4)[:1].float(),
-                   width=camera.width, height=camera.height)
+    return Cameras(Ks=camera.Ks[0].float(), viewmats=camera.viewmats[0].float(), width=camera.width,
+                   height=camera.height)
 
 
 @torch.no_grad()
@@ -225,7 +226,8 @@ def decoder_predictions(module: Any, batch: AvatarBatch) -> list[PredictedAvatar
                 "checkpoints": {"decoder": checkpoint}, "source": "avp predict", "git": sha}
         avatar = model.avatar(inputs, model.decode(inputs), portrait_head=one.portrait_head, portrait=one.portrait[0],
                               portrait_camera=_portrait_camera(one), meta=meta)
-        motion = one.head.map(lambda t: t[0].float())  # [T]
+        frames = one.head.map(lambda t: t[0].float())  # [T], the identity [S]
+        motion = dataclasses.replace(frames, shape=frames.shape.expand(frames.global_rot.shape[0], -1))  # all [T]
         out.append(PredictedAvatar(subject=str(subject), avatar=avatar.to("cpu"), motion=motion.to("cpu")))
     return out
 

@@ -1,8 +1,9 @@
 """Pure ``nn.Module`` models: point tokenizer, condition encoders, AR point generator (and the Gaussian decoder).
 
 The first stage without Lightning is ``avp.models.conditional.ConditionalPointGenerator`` (head model + tokenizer +
-condition encoder + :class:`PointGenerator`; not re-exported here because it builds on :mod:`avp.sampling`, which
-imports this package).
+condition encoder + :class:`PointGenerator` + the decoding loop of :mod:`avp.models.sampling`), and the second stage's
+pure model is ``avp.models.avatar.AvatarModel``; neither is re-exported here, so that importing the small parts does
+not build on the head model and the renderer.
 """
 
 from __future__ import annotations

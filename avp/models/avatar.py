@@ -32,8 +32,8 @@ from avp.head.framing import ViewFraming, view_cameras
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.decoder import DecoderOutput, GaussianDecoder
 from avp.models.pixel_aligned import pixel_features
+from avp.models.sampling import SamplingConfig
 from avp.render import render
-from avp.sampling import SamplingConfig
 from avp.types import Cameras, GaussianCloud, HeadParams, RenderOutput, TensorContainer
 
 PointSource = Literal["teacher", "generated", "template"]
@@ -180,15 +180,18 @@ class Avatar:
     def render(self, cameras: Cameras, head: HeadParams | None = None, *,
                background: Tensor | float | tuple[float, float, float] = 1.0, backend: str = "auto",
                chunk: int = 16) -> RenderOutput:
-        """Render ``T`` frames (``head [T]``; None: the rest pose) from ``V`` cameras (``Ks [V, 3, 3]``).
+        """Render ``T`` frames (``head [T]``; None: the rest pose) from ``V`` cameras: ``Ks [V, 3, 3]`` shared by
+        every frame, or ``[T, V, 3, 3]`` one set per frame (a moving camera).
 
         Returns ``rgb [T, V, 3, H, W]`` and ``alpha``; frames are rendered ``chunk`` at a time. The default white
         background is that of the synthetic training frames; ``background`` may be a float or ``[3]``.
         """
         head = self.neutral(1) if head is None else head
         T = head.global_rot.shape[-2] if head.global_rot.dim() == 3 else head.global_rot.shape[0]
-        if cameras.Ks.dim() != 3:
-            raise ValueError(f"Avatar.render: cameras must hold Ks [V, 3, 3], got {tuple(cameras.Ks.shape)}")
+        per_frame = cameras.Ks.dim() == 4
+        if not (cameras.Ks.dim() == 3 or (per_frame and cameras.Ks.shape[0] == T)):
+            raise ValueError(f"Avatar.render: cameras must hold Ks [V, 3, 3] or [T={T}, V, 3, 3], got "
+                             f"{tuple(cameras.Ks.shape)}")
         cams = cameras.to(self.device)
         bg = torch.as_tensor(background, dtype=torch.float32, device=self.device)
         if bg.dim() == 0:
@@ -198,12 +201,10 @@ class Avatar:
         for start in range(0, T, chunk):
             part = frames.map(lambda t, s=start: t[s : s + chunk])
             posed = self.animate(part)  # [t, N]
-            n = posed.means.shape[0]
-            V = cams.n_views
-            batch = Cameras(Ks=cams.Ks.expand(n, V, 3, 3), viewmats=cams.viewmats.expand(n, V, 4, 4),
-                            width=cams.width, height=cams.height)
+            # shared [V] cameras reach every frame inside render(); per-frame ones are this chunk's [t, V]
+            views = cams.map(lambda t, s=start: t[s : s + chunk]) if per_frame else cams
             with torch.no_grad():
-                out = render(posed, batch, background=bg.expand(n, V, 3), backend=backend)
+                out = render(posed, views, background=bg, backend=backend)
             rgb.append(out.rgb)
             alpha.append(out.alpha)
         return RenderOutput(rgb=torch.cat(rgb), alpha=torch.cat(alpha))
@@ -212,11 +213,6 @@ class Avatar:
                      pitch_deg: float | Sequence[float] = 0.0, framing: ViewFraming | None = None) -> Cameras:
         """Cameras of the training rig's framing at the given yaws (see :func:`avp.head.framing.view_cameras`)."""
         return view_cameras(yaw_deg, size=size, pitch_deg=pitch_deg, framing=framing, device=self.device)
-
-
-def _repeat_frames(x: Tensor, T: int) -> Tensor:
-    """``[B, ...]`` -> ``[B * T, ...]``: every avatar's tensor once per frame."""
-    return x[:, None].expand(x.shape[0], T, *x.shape[1:]).flatten(0, 1)
 
 
 class AvatarModel(nn.Module):
@@ -304,7 +300,8 @@ class AvatarModel(nn.Module):
             shape: ``[B, S]`` the subject's identity for the rig and template points (default: the portrait's).
             sampling: overrides of :attr:`sampling` for ``generated`` (its window is the feature window).
             generator: RNG of the sampling (on the portrait's device).
-            on_step: progress of the sampling, ``on_step(position, max_position)`` (see :func:`avp.sampling.sample`).
+            on_step: progress of the sampling, ``on_step(position, max_position)`` (see
+                :func:`avp.models.sampling.sample`).
             portrait_camera: the portrait's camera (``Ks [B, 1, 3, 3]`` or ``[B, 3, 3]``); required when the decoder's
                 ``appearance`` is ``pixel``.
         """
@@ -401,8 +398,9 @@ class AvatarModel(nn.Module):
 
     def render_batch(self, cloud: GaussianCloud, rig: PointRig, head: HeadParams, cameras: Cameras,
                      background: Tensor | float | None = None) -> Tensor:
-        """Animate a batch of decoded splats (``cloud [B, N]`` on ``rig``) to ``head [B, T]`` and render every frame
-        from ``cameras`` (``Ks [B, V, 3, 3]`` or ``[V, 3, 3]``), differentiably (training's renders).
+        """Animate a batch of decoded splats (``cloud [B, N]`` on ``rig``) to ``head [B, T]`` (its ``shape`` is not
+        read, ``[B, S]`` or ``[B, T, S]``: the rig holds the identity) and render every frame from ``cameras``
+        (``Ks [B, V, 3, 3]`` or ``[V, 3, 3]``), differentiably (training's renders).
 
         ``background``: ``[B, 3]`` per avatar, ``[3]``, a float or None (black). Runs in float32 outside autocast
         (the renderer and the skinning need it). Returns ``rgb [B, T, V, 3, H, W]``.
@@ -412,18 +410,17 @@ class AvatarModel(nn.Module):
             cloud = cloud.map(lambda t: t.float() if t.is_floating_point() else t)
             head = head.map(lambda t: t.float())
             B, T = head.global_rot.shape[:2]
-            posed = animate_gaussians(rig, cloud, head, mode=self.animation)  # [B * T, N]
+            posed = animate_gaussians(rig, cloud, head, mode=self.animation)  # [B * T, N], b-major
             V = cameras.Ks.shape[-3]
-            Ks, viewmats = cameras.Ks.float(), cameras.viewmats.float()
-            if Ks.ndim == 3:
-                Ks, viewmats = Ks.expand(B, V, 3, 3), viewmats.expand(B, V, 4, 4)
-            cams = Cameras(Ks=_repeat_frames(Ks, T), viewmats=_repeat_frames(viewmats, T), width=cameras.width,
-                           height=cameras.height)
+            # [V] or [B, V] cameras -> [B, T, V] (views, no copies): render() gives frame b * T + t the views [b, t]
+            cams = Cameras(Ks=cameras.Ks.float().unsqueeze(-4).expand(B, T, V, 3, 3),
+                           viewmats=cameras.viewmats.float().unsqueeze(-4).expand(B, T, V, 4, 4),
+                           width=cameras.width, height=cameras.height)
             bg = background
             if isinstance(background, Tensor):
                 if background.shape not in ((3,), (B, 3)):
                     raise ValueError(f"render_frames: background must be [3] or [B, 3] = [{B}, 3], got "
                                      f"{tuple(background.shape)}")
-                bg = _repeat_frames(background.float().to(device).expand(B, 3), T)[:, None].expand(B * T, V, 3)
+                bg = background.float().to(device).expand(B, 3)[:, None, None].expand(B, T, V, 3)
             out = render(posed, cams, background=bg, backend=self.render_backend)
         return out.rgb.unflatten(0, (B, T))  # [B, T, V, 3, H, W]

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from avp.models.encoders import ConditionConfig, ConditionEncoder, condition_vertices
 from avp.models.generator import GeneratorConfig, GeneratorOutput, PointGenerator, point_features
+from avp.models.sampling import SampleOutput, SamplingConfig, sample, teacher_forced
 from avp.models.tokenizer import PointTokenizer, TokenizerConfig
-from avp.sampling import SampleOutput, SamplingConfig, sample, teacher_forced
 from avp.types import HeadParams
 
 
@@ -66,7 +66,7 @@ class ConditionalPointGenerator(nn.Module):
 
     def teacher_forced(self, condition: Tensor, tokens: Tensor, window: int, keep: int = 0,
                        keep_logits: bool = True) -> GeneratorOutput:
-        """Whole sequences with the contexts sampling would use (see :func:`avp.sampling.teacher_forced`)."""
+        """Whole sequences with the contexts sampling would use (see :func:`avp.models.sampling.teacher_forced`)."""
         return teacher_forced(self.transformer, condition, tokens, window, keep, keep_logits)
 
     def teacher_features(self, condition: Tensor, tokens: Tensor, lengths: Tensor, window: int,
@@ -84,7 +84,7 @@ class ConditionalPointGenerator(nn.Module):
     def sample(self, condition: Tensor, config: SamplingConfig | None = None,
                generator: torch.Generator | Sequence[torch.Generator] | None = None,
                on_step: Callable[[int, int], None] | None = None, shape: Tensor | None = None) -> SampleOutput:
-        """Sample one cloud per condition (see :func:`avp.sampling.sample`); ``shape [B, S]`` is the subjects'
+        """Sample one cloud per condition (see :func:`avp.models.sampling.sample`); ``shape [B, S]`` is the subjects'
         identity, needed when ``config.bind_nearest > 0``."""
         centers = None
         if config is not None and config.bind_nearest > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Literal
 
@@ -113,20 +114,27 @@ def _check_values(cloud: GaussianCloud, Ks: Tensor, viewmats: Tensor) -> None:
 
 
 def _expand_cameras(cameras: Cameras, B: int) -> tuple[Tensor, Tensor]:
+    """``Ks [B, V, 3, 3]``, ``viewmats [B, V, 4, 4]``, one set per avatar: ``[V, ...]`` cameras are shared by all
+    avatars, ``[*L, V, ...]`` cameras with ``prod(L) == B`` are flattened row-major over ``L``."""
     Ks, viewmats = cameras.Ks, cameras.viewmats
+    if Ks.dim() < 3:
+        raise _shape_error("cameras.Ks", Ks, "[V, 3, 3], [B, V, 3, 3] or [*L, V, 3, 3] with prod(L) = B")
     if Ks.dim() == 3:
         return Ks.unsqueeze(0).expand(B, -1, -1, -1), viewmats.unsqueeze(0).expand(B, -1, -1, -1)
-    if Ks.dim() == 4:
-        if Ks.shape[0] != B:
-            raise ValueError(
-                f"render: cameras.Ks has batch size {Ks.shape[0]} ({tuple(Ks.shape)}) but the cloud has {B} avatars; "
-                "give [V, 3, 3] cameras to share them or [B, V, 3, 3] per avatar"
-            )
-        return Ks, viewmats
-    raise _shape_error("cameras.Ks", Ks, "[V, 3, 3] or [B, V, 3, 3]")
+    lead = tuple(Ks.shape[:-3])
+    if math.prod(lead) != B:
+        size = f"batch size {lead[0]}" if len(lead) == 1 else f"leading dims {lead} (= {math.prod(lead)} avatars)"
+        raise ValueError(
+            f"render: cameras.Ks has {size} ({tuple(Ks.shape)}) but the cloud has {B} avatars; give [V, 3, 3] "
+            "cameras to share them, [B, V, 3, 3] per avatar or [*L, V, 3, 3] with prod(L) = B (e.g. [B', T, V, 3, 3] "
+            "for the B' * T frames of animate_gaussians)"
+        )
+    return Ks.reshape(B, *Ks.shape[-3:]), viewmats.reshape(B, *viewmats.shape[-3:])
 
 
-def _background(background: Tensor | float | None, B: int, V: int, like: Tensor) -> Tensor:
+def _background(background: Tensor | float | None, B: int, V: int, lead: tuple[int, ...], like: Tensor) -> Tensor:
+    """``[B, V, 3]`` background colours (``lead``: the cameras' leading dims, whose shape a per-image background may
+    take instead of ``B``)."""
     if background is None:
         return torch.zeros(B, V, 3, dtype=like.dtype, device=like.device)
     if isinstance(background, (int, float)):
@@ -134,9 +142,10 @@ def _background(background: Tensor | float | None, B: int, V: int, like: Tensor)
     bg = torch.as_tensor(background).to(dtype=like.dtype, device=like.device)
     if tuple(bg.shape) == (3,):
         return bg.expand(B, V, 3)
-    if tuple(bg.shape) == (B, V, 3):
-        return bg
-    raise _shape_error("background", bg, f"[3] or [B, V, 3] = {[B, V, 3]} (or a float, or None for black)")
+    if tuple(bg.shape) == (B, V, 3) or (len(lead) > 1 and tuple(bg.shape) == (*lead, V, 3)):
+        return bg.reshape(B, V, 3)
+    shapes = f"[3] or [B, V, 3] = {[B, V, 3]}" + (f" or {[*lead, V, 3]}" if len(lead) > 1 else "")
+    raise _shape_error("background", bg, f"{shapes} (or a float, or None for black)")
 
 
 def _sanitise(cloud: GaussianCloud) -> GaussianCloud:
@@ -180,15 +189,21 @@ def render(
 
     Args:
         cloud: ``[B, N]`` activated Gaussians (``mask`` False entries render as nothing).
-        cameras: ``Ks [V, 3, 3]`` / ``viewmats [V, 4, 4]`` shared by all avatars, or ``[B, V, ...]`` per avatar.
-        background: None (black), a float grey, ``[3]`` or ``[B, V, 3]``; composited as ``T * bg``.
+        cameras: ``Ks [V, 3, 3]`` / ``viewmats [V, 4, 4]`` shared by all avatars, ``[B, V, ...]`` per avatar, or
+            ``[*L, V, ...]`` with leading dims whose product is ``B``, flattened row-major: ``[B', T, V, ...]`` gives
+            avatar ``b * T + t`` the views ``[b, t]``, the order of :func:`avp.head.animate_gaussians`'s ``B' * T``
+            frames, so per-subject cameras reach every frame with one ``expand`` (no copy by the caller). The
+            result is the same as rendering with the cameras reshaped to ``[B, V, ...]``.
+        background: None (black), a float grey, ``[3]``, ``[B, V, 3]`` or ``[*L, V, 3]`` (the cameras' leading
+            dims); composited as ``T * bg``.
         backend: ``auto`` (gsplat for float32 CUDA tensors when its CUDA extension loads, else ``torch``),
             ``torch`` (tiled CPU/GPU rasteriser), ``gsplat`` or ``reference`` (slow dense oracle).
         near, far: camera-depth range of splat centres that are drawn (``near <= z <= far``).
         return_depth: also render the alpha-normalised expected camera depth.
 
     Returns:
-        ``RenderOutput``: rgb ``[B, V, 3, H, W]``, alpha ``[B, V, 1, H, W]``, depth ``[B, V, 1, H, W]`` or None, in
+        ``RenderOutput`` with the cloud's batch (whatever the cameras' leading dims): rgb ``[B, V, 3, H, W]``, alpha
+        ``[B, V, 1, H, W]``, depth ``[B, V, 1, H, W]`` or None, in
         the dtype of ``cloud.means`` (float16/bfloat16 clouds are rendered, and returned, in float32).
 
     Raises:
@@ -216,7 +231,7 @@ def _render(cloud: GaussianCloud, cameras: Cameras, *, background: Tensor | floa
     Ks = Ks.to(cloud.means)
     viewmats = viewmats.to(cloud.means)
     V, W, H = Ks.shape[1], int(cameras.width), int(cameras.height)
-    bg = _background(background, B, V, cloud.means)
+    bg = _background(background, B, V, tuple(cameras.Ks.shape[:-3]), cloud.means)
     which = choose_backend(backend, cloud.means.device, cloud.means.dtype)
     if B == 0 or V == 0 or N == 0:
         rgb = bg[..., None, None].expand(B, V, 3, H, W).clone()

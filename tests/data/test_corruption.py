@@ -127,9 +127,9 @@ def test_training_skips_and_counts_then_fails_past_the_budget(tmp_path) -> None:
     lenient = AvatarDataModule(str(tmp_path), skip_corrupt=True, max_corrupt_fraction=0.3, **kwargs)
     batches = list(lenient.train_dataloader())
     assert len(batches) == 4  # the epoch is still full: the skipped sample is replaced by the next one
-    assert sum(b.extras["corrupt_skipped"] for b in batches) == 1
-    assert batches[-1].extras["corrupt_total"] == 1 and batches[-1].extras["samples_total"] == 4
-    assert any("gaussians.npz" in m for b in batches for m in b.extras["corrupt_errors"])
+    assert sum(b.corrupt.skipped for b in batches) == 1
+    assert batches[-1].corrupt.total == 1 and batches[-1].corrupt.samples_total == 4
+    assert any("gaussians.npz" in m for b in batches for m in b.corrupt.errors)
 
     tight = AvatarDataModule(str(tmp_path), skip_corrupt=True, max_corrupt_fraction=0.1, **kwargs)
     with pytest.raises(RuntimeError, match="corrupt samples skipped.*max_corrupt_fraction=0.1"):

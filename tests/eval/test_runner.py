@@ -20,19 +20,11 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from avp.checkpoints import check_same_generator, load_avatar_model
+from avp.eval.methods import METHOD_LABELS, TeacherMethod
+from avp.eval.plan import ClipEntry, plan_samples, sample_seed, select_frames, select_views
 from avp.eval.protocol import ProtocolError, load_protocol, protocol_from_dict
 from avp.eval.report import read_metrics
-from avp.eval.runner import (
-    METHOD_LABELS,
-    ClipEntry,
-    EvalConfig,
-    TeacherMethod,
-    plan_samples,
-    run_evaluation,
-    sample_seed,
-    select_frames,
-    select_views,
-)
+from avp.eval.runner import EvalConfig, run_evaluation
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eval"
 # tiny renders; face tools on 64 px upscales (cheap; faces this small are rarely found, which the report must say)
@@ -59,7 +51,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from avp.models.decoder import DecoderConfig
     from avp.models.encoders import ConditionConfig, ImageEncoderConfig, MeshEncoderConfig
     from avp.models.generator import GeneratorConfig
-    from avp.sampling import SamplingConfig
+    from avp.models.sampling import SamplingConfig
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("eval")

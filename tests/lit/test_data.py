@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avp.data.pipeline import fit_square, square_intrinsics
+from avp.data.item import fit_square, square_intrinsics
 from avp.lit.data import AvatarDataModule
 from avp.types import HEAD_PARAM_FIELDS, AvatarBatch
 from tests.data.samples import HEAD_MODEL, write_dataset
@@ -19,7 +19,7 @@ def test_batches_reproduce_the_stored_arrays_exactly(tmp_path) -> None:
     B, N = 3, max(s.gaussians.n_points for s in samples.values())
     assert batch.images.shape == (B, 2, 3, 3, 12, 12) and batch.masks.shape == (B, 2, 3, 1, 12, 12)
     assert batch.teacher.means.shape == (B, N, 3) and batch.binding.dtype == torch.long
-    for i, key in enumerate(batch.extras["key"]):
+    for i, key in enumerate(batch.keys):
         s = samples[key]
         n, g = s.gaussians.n_points, s.gaussians
         fi, vi = batch.frame_index[i].numpy(), batch.view_index[i].numpy()
@@ -163,3 +163,26 @@ def test_lightning_trainer_runs_on_the_datamodule(tmp_path) -> None:
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 4 and len(model.seen) == 8 and len(set(model.seen)) == 4
     assert trainer.callback_metrics["train/data_corrupt_skipped"] == 0
+
+
+def test_batch_metadata_is_typed_and_moves_with_the_batch(tmp_path) -> None:
+    _, samples = write_dataset(tmp_path, {"train": 2}, frames=3, views=2, size=8)
+    dm = AvatarDataModule(str(tmp_path), batch_size=2, num_workers=0, frames_per_sample=2, views_per_sample=2,
+                          shuffle_buffer=0)
+    (batch,) = list(dm.train_dataloader())
+    assert sorted(batch.keys) == sorted(samples) and batch.head_model == HEAD_MODEL
+    S = batch.portrait_head.shape.shape[-1]
+    assert batch.head.shape.shape == (2, S) and batch.head.expr.shape[:2] == (2, 2)  # the identity is per subject
+    assert torch.equal(batch.n_points, batch.teacher.mask.sum(1))
+    assert batch.background.shape == (2, 3)
+    assert batch.portrait_camera.Ks.shape == (2, 1, 3, 3) and batch.portrait_camera.viewmats.shape == (2, 1, 4, 4)
+    for i, key in enumerate(batch.keys):
+        s = samples[key]
+        assert torch.equal(batch.background[i], torch.tensor(s.meta["background"], dtype=torch.float32))
+        assert torch.equal(batch.portrait_camera.Ks[i], torch.from_numpy(s.portrait_camera.Ks))
+    assert (batch.corrupt.skipped, batch.corrupt.errors) == (0, [])
+    assert (batch.corrupt.total, batch.corrupt.samples_total) == (0, 2)
+    moved = batch.to("meta")
+    for t in (moved.background, moved.n_points, moved.portrait_camera.Ks, moved.head.shape):
+        assert t.device.type == "meta"
+    assert moved.n_points.dtype == torch.long and moved.keys == batch.keys and moved.corrupt == batch.corrupt

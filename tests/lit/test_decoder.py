@@ -124,7 +124,7 @@ def test_point_sources(generator_ckpt: Path, shards: Path) -> None:
     # sampled cloud back as teacher points gives the same points, faces and (up to KV-cache rounding) features
     forced = module.model.prepare(batch.portrait, batch.portrait_head, points="teacher", teacher_means=generated.points,
                             teacher_binding=generated.binding, teacher_mask=generated.mask,
-                            shape=batch.head.shape[:, 0])
+                            shape=batch.head.shape)
     assert int(forced.n_points[0]) == k
     assert torch.equal(forced.points, generated.points) and torch.equal(forced.binding, generated.binding)
     torch.testing.assert_close(forced.features, generated.features, atol=1e-5, rtol=1e-5)

@@ -21,7 +21,7 @@ from avp.lit.generator import GeneratorModule
 from avp.lit.optim import warmup_cosine
 from avp.models.encoders import ConditionConfig, ImageEncoderConfig, MeshEncoderConfig
 from avp.models.generator import GeneratorConfig
-from avp.sampling import SamplingConfig
+from avp.models.sampling import SamplingConfig
 from avp.types import AvatarBatch, Cameras, GaussianCloud, HeadParams, as_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from avp.models.generator import GeneratorConfig, PointGenerator, training_windows
+from avp.models.sampling import SamplingConfig, sample, teacher_forced
 from avp.models.tokenizer import PointTokenizer
-from avp.sampling import SamplingConfig, sample, teacher_forced
 
 BOUNDS = torch.tensor([[-0.2, -0.3, -0.15], [0.2, 0.25, 0.2]])
 

@@ -63,7 +63,7 @@ def _build(root: Path) -> TinyCheckpoints:
     from avp.models.decoder import DecoderConfig
     from avp.models.encoders import ConditionConfig, ImageEncoderConfig, MeshEncoderConfig
     from avp.models.generator import GeneratorConfig
-    from avp.sampling import SamplingConfig
+    from avp.models.sampling import SamplingConfig
 
     shards = root / "shards"
     synthesize(SynthConfig(subjects=4, views=2, frames=2, size=32, portrait_size=64, points=(120, 200),

@@ -1,5 +1,9 @@
 """Autoregressive sampling of point clouds from a :class:`~avp.models.generator.PointGenerator` (no parameters here).
 
+It lives in ``models/`` because it is the generator's inference algorithm (pure torch, no I/O): the stage-1 model
+samples with it and computes teacher-forced features with exactly its contexts, and the stage-2 model samples the
+points it decodes. Nothing in ``models/`` imports anything above it.
+
 Every step masks the logits so that only a well-formed sequence can come out:
 
 - *grammar by role*: coordinate tokens at x/y/z slots, face tokens at b slots, EOS only at a point boundary (and only

@@ -1,0 +1,267 @@
+"""The training and evaluation streams: shards -> :class:`avp.types.AvatarBatch` (no Lightning; ``avp.lit.data``
+wraps them).
+
+Stages, each a generator: shard list -> :func:`split_by_node` -> :func:`split_by_worker` -> raw samples (checksums
+verified while streaming) -> webdataset's ``shuffle`` buffer (training, seeded) -> decode the drawn frames/views into a
+typed :class:`~avp.data.item.ClipItem` (:mod:`avp.data.item`) -> :func:`~avp.data.collate.collate` with padding
+(:mod:`avp.data.collate`). Why the splits are ours and not webdataset's stages: ``avp/data/README.md``.
+
+Distribution. Training streams are epoch-sized and resampled: every (rank, worker) cycles over its own disjoint
+share of the shards (or of the samples, when there are fewer shards than ranks x workers) in a fresh random order
+per pass and emits exactly ``max(1, samples_per_epoch // (world * workers * batch_size))`` full batches per epoch
+(drop-last rounding), so every DDP rank gets the same number of batches. Evaluation streams visit every sample once
+in order (sample-level split); with several ranks each worker pads its share by wrapping around, as
+``DistributedSampler`` does, so the batch counts match across ranks.
+
+Corruption. With ``skip_corrupt=False`` (the default) any :class:`~avp.data.schema.ShardError` propagates and
+names shard/key/member. With ``skip_corrupt=True`` the sample (or the rest of a truncated shard) is skipped and
+counted; each batch carries ``corrupt.skipped`` (skips since the worker's previous batch) and ``corrupt.errors``
+(their messages), which the DataModule totals (:class:`~avp.data.collate.CorruptionMonitor`) and turns into a
+failure past ``max_corrupt_fraction``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from avp.data.collate import collate
+from avp.data.item import ClipItem, sample_to_item
+from avp.data.reader import ShardRef, count_samples, iter_raw_samples
+from avp.data.schema import ShardError
+from avp.types import AvatarBatch, CorruptionCounts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamConfig:
+    """Per-sample drawing and decoding options (the DataModule's arguments of the same names)."""
+
+    frames_per_sample: int = 1
+    """Timesteps drawn per clip (0: decode no frame)."""
+    views_per_sample: int = 4
+    """Cameras drawn per clip (0: decode no frame)."""
+    image_size: int | None = None
+    """Square output size of frames (pad to square with the clip's background, then resize); None keeps them."""
+    shuffle_buffer: int = 64
+    """Samples held by the training shuffle buffer (0 or 1: no sample shuffling)."""
+    skip_corrupt: bool = False
+    """Skip and count corrupt samples instead of raising."""
+    seed: int = 0
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size) from ``torch.distributed`` when initialised, else the ``RANK``/``WORLD_SIZE``
+    environment (as webdataset reads it), else (0, 1). Called in the main process so that workers agree."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+def split_by_node(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """Rank ``r`` takes items ``r, r + world, ...`` (webdataset's ``split_by_node`` slicing, with the rank given)."""
+    return list(islice(items, rank, None, world_size)) if world_size > 1 else list(items)
+
+
+def split_by_worker(items: Sequence[Any], worker: int, num_workers: int) -> list[Any]:
+    """Worker ``w`` takes items ``w, w + workers, ...`` (webdataset's ``split_by_worker`` slicing)."""
+    return list(islice(items, worker, None, num_workers)) if num_workers > 1 else list(items)
+
+
+class CorruptCounter:
+    """Skip-and-count (``skip=True``) or raise (``skip=False``) on :class:`ShardError`."""
+
+    def __init__(self, skip: bool) -> None:
+        self.skip = skip
+        self.pending = 0
+        self.messages: list[str] = []
+        self.total = 0
+
+    def handle(self, error: ShardError) -> None:
+        if not self.skip:
+            raise error
+        self.pending += 1
+        self.total += 1
+        self.messages.append(str(error))
+        log.warning("skipping corrupt data: %s", error)
+
+    def take(self) -> CorruptionCounts:
+        """The skips since the previous call (what the next batch carries), and start counting anew."""
+        counts = CorruptionCounts(skipped=self.pending, errors=self.messages)
+        self.pending, self.messages = 0, []
+        return counts
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+class ClipStream(IterableDataset):
+    """Batches of one split (an ``IterableDataset`` yielding :class:`AvatarBatch`; use ``batch_size=None``).
+
+    ``rank``/``world_size`` are fixed when the stream is built (in the main process); worker identity comes from
+    ``torch.utils.data.get_worker_info()``. ``num_workers`` must equal the DataLoader's (it sizes the epoch).
+    """
+
+    def __init__(self, shards: Sequence[ShardRef], *, train: bool, batch_size: int, config: StreamConfig,
+                 num_workers: int = 0, samples_per_epoch: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__()
+        if not shards:
+            raise ValueError("ClipStream: no shards")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.shards = list(shards)
+        self.train, self.batch_size, self.cfg = train, batch_size, config
+        self.num_workers = max(num_workers, 0)
+        self.rank, self.world_size = rank, world_size
+        self.counts = [count_samples(s) for s in self.shards]
+        self.total = sum(self.counts)
+        if self.total == 0:
+            raise ValueError(f"ClipStream: the shards hold no samples ({[s.name for s in self.shards]})")
+        self.samples_per_epoch = samples_per_epoch if samples_per_epoch is not None else self.total
+        self.epoch = 0
+        self._local_iterations = 0
+
+    # ---- sizing
+    @property
+    def _slots(self) -> int:
+        return max(self.num_workers, 1)
+
+    def _train_quota(self) -> int:
+        per = self.samples_per_epoch // (self.world_size * self._slots * self.batch_size)
+        return max(per, 1) * self.batch_size
+
+    def _eval_indices(self, worker: int) -> list[int]:
+        """Global sample indices this (rank, worker) evaluates, in order (with wrap-around padding if DDP)."""
+        k, stride = self.rank * self._slots + worker, self.world_size * self._slots
+        if self.world_size == 1:
+            return list(range(worker, self.total, stride))
+        quota = math.ceil(self.total / stride)
+        return [(k + i * stride) % self.total for i in range(quota)]
+
+    def batches_per_worker(self, worker: int = 0) -> int:
+        if self.train:
+            return self._train_quota() // self.batch_size
+        return math.ceil(len(self._eval_indices(worker)) / self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (over all its workers)."""
+        return sum(self.batches_per_worker(w) for w in range(self._slots))
+
+    # ---- iteration
+    def __iter__(self) -> Iterator[AvatarBatch]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if n_workers != self._slots:
+            raise RuntimeError(f"ClipStream was built for {self._slots} worker slots but runs in {n_workers}; "
+                               "pass the DataLoader's num_workers")
+        epoch = self.epoch + self._local_iterations
+        self._local_iterations += 1
+        counter = CorruptCounter(self.cfg.skip_corrupt)
+        items = self._train_items(worker, epoch, counter) if self.train else self._eval_items(worker, counter)
+        batch: list[ClipItem] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield collate(batch, corrupt=counter.take())
+                batch = []
+        if batch:
+            yield collate(batch, corrupt=counter.take())
+
+    def _raw(self, refs: Sequence[ShardRef], counter: CorruptCounter) -> Iterator[dict[str, bytes]]:
+        for ref in refs:
+            try:
+                yield from iter_raw_samples(ref)
+            except ShardError as e:
+                counter.handle(e)
+
+    def _decode(self, raw: dict[str, bytes], rng: np.random.Generator, counter: CorruptCounter
+                ) -> ClipItem | None:
+        try:
+            return sample_to_item(raw, rng, frames_per_sample=self.cfg.frames_per_sample,
+                                  views_per_sample=self.cfg.views_per_sample, image_size=self.cfg.image_size)
+        except ShardError as e:
+            counter.handle(e)
+            return None
+
+    def _train_items(self, worker: int, epoch: int, counter: CorruptCounter) -> Iterator[ClipItem]:
+        slots = self.world_size * self._slots
+        shard_level = len(self.shards) >= slots
+        if shard_level:
+            mine = split_by_worker(split_by_node(self.shards, self.rank, self.world_size), worker, self._slots)
+        else:
+            mine = list(self.shards)
+        slot = self.rank * self._slots + worker
+        seed = _seed(self.cfg.seed, epoch, self.rank, worker)
+        rng_py = random.Random(seed)
+        rng = np.random.default_rng(seed)
+        quota = self._train_quota()
+        produced = 0
+        while produced < quota:
+            order = list(mine)
+            rng_py.shuffle(order)
+            if shard_level:
+                stream: Iterator[dict[str, bytes]] = self._raw(order, counter)
+            else:
+                stream = (raw for i, raw in enumerate(self._raw(self.shards, counter)) if i % slots == slot)
+            if self.cfg.shuffle_buffer > 1:
+                # webdataset's shuffle stage with our seeded rng (a full buffer before the first draw)
+                buffer = self.cfg.shuffle_buffer
+                stream = wds.shuffle(bufsize=buffer, initial=buffer, rng=rng_py)(stream)
+            got_any = False
+            for raw in stream:
+                item = self._decode(raw, rng, counter)
+                if item is None:
+                    continue
+                got_any = True
+                yield item
+                produced += 1
+                if produced >= quota:
+                    return
+            if not got_any:
+                raise RuntimeError(f"rank {self.rank} worker {worker}: a full pass over its shards "
+                                   f"{[s.name for s in mine]} gave no readable sample ({counter.total} corrupt)")
+
+    def _eval_items(self, worker: int, counter: CorruptCounter) -> Iterator[ClipItem]:
+        wanted = Counter(self._eval_indices(worker))
+        if not wanted:
+            return
+        order = sorted(wanted)
+        out: dict[int, ClipItem] = {}
+        index = 0
+        for raw in self._raw(self.shards, counter):
+            if index in wanted:
+                key = raw["__key__"].decode()
+                rng = np.random.default_rng(_seed(self.cfg.seed, key))
+                item = self._decode(raw, rng, counter)
+                if item is not None:
+                    out[index] = item
+            index += 1
+            while order and (order[0] in out or order[0] < index):
+                i = order.pop(0)
+                if i in out:
+                    for _ in range(wanted[i]):
+                        yield out[i]
+                    del out[i]
+            if not order:
+                return
+
+
+__all__ = ["ClipStream", "CorruptCounter", "StreamConfig", "distributed_info", "split_by_node", "split_by_worker"]
