@@ -300,3 +300,108 @@ def test_per_row_draws_follow_the_distribution_and_never_pick_masked_tokens() ->
     assert abs((draws == 3).float().mean().item() - 0.8) < 0.03  # 4000 draws: std 0.0063
     edge = torch.tensor([[0.0, 1.0, 0.0]])
     assert draw_tokens(edge, [torch.Generator().manual_seed(0)]).item() == 1
+
+
+def test_sampling_records_no_autograd_graph() -> None:
+    """Parameters that require grad (a model mid-training) must not make the decode loop build a graph: every
+    activation inside the loop and every returned tensor is graph-free, and grad mode is back on afterwards."""
+    g = torch.Generator().manual_seed(0)
+    model, tok = tiny_model()
+    assert all(p.requires_grad for p in model.parameters())
+    seen: list[bool] = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, _i, out: seen.append(out.requires_grad))
+    cond = torch.randn(2, 5, 32, generator=g)
+    for extra in ({}, {"static_step": True}):
+        seen.clear()
+        out = sample(model, cond, tok, SamplingConfig(max_points=6, window=13, **extra), torch.Generator())
+        assert seen and not any(seen)
+        for name in ("tokens", "hidden", "points", "binding", "n_points"):
+            t = getattr(out, name)
+            assert t.grad_fn is None and not t.requires_grad, name
+    assert torch.is_grad_enabled()
+
+
+def _eos_mid_batch_and_slides(out, window: int) -> None:
+    """The parity cases below are only worth something if a cloud ended while others went on, past the window."""
+    assert out.finished.any() and (out.lengths != out.lengths.max()).any(), out.lengths
+    assert int(out.lengths.max()) > window + 4, out.lengths
+
+
+PARITY_CASES = [
+    {"temperature": 0.0, "window": 13},  # greedy, sliding
+    {"temperature": 1.0, "window": 24, "top_k": 5, "top_p": 0.9},  # sampled, sliding
+]
+
+
+def parity_setup(head: str = "full") -> tuple[PointGenerator, PointTokenizer, Tensor]:
+    tok = PointTokenizer(BOUNDS, n_faces=10, levels=16)
+    torch.manual_seed(0)
+    model = PointGenerator(GeneratorConfig(n_layers=2, width=32, n_heads=4, head=head), tok.vocab_size).eval()
+    return model, tok, torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kw", PARITY_CASES, ids=["greedy", "sampled"])
+@pytest.mark.parametrize("head", ["full", "role"])
+def test_the_static_step_samples_the_eager_tokens(kw, head) -> None:
+    """The fixed-shape step (masked whole-cache attention, device-side positions, batched end checks) draws the
+    eager step's tokens, with window slides and one cloud ending before the others; the role head computes only the
+    slot's rows there too and matches the full head."""
+    model, tok, cond = parity_setup(head)
+    config = SamplingConfig(max_points=25, min_points=3, **kw)
+    eager = sample(model, cond, tok, config, torch.Generator().manual_seed(11))
+    static = sample(model, cond, tok, SamplingConfig(**{**vars(config), "static_step": True}),
+                    torch.Generator().manual_seed(11))
+    _eos_mid_batch_and_slides(eager, kw["window"])
+    assert torch.equal(eager.tokens, static.tokens) and torch.equal(eager.lengths, static.lengths)
+    assert (eager.hidden - static.hidden).abs().max() <= 1e-5
+    if head == "role":
+        full, _, _ = parity_setup("full")
+        full.load_state_dict(model.state_dict())
+        assert torch.equal(sample(full, cond, tok, SamplingConfig(**{**vars(config), "static_step": True}),
+                                  torch.Generator().manual_seed(11)).tokens, static.tokens)
+
+
+def test_the_compiled_step_samples_the_eager_tokens() -> None:
+    """``compile=True`` (inductor on the CPU) draws the eager sampler's tokens, greedy and sampled, with slides and
+    a cloud ending mid-batch (one compilation, ~20 s on 2 cores, shared by every case: same model class and batch)."""
+    for head in ("full", "role"):
+        model, tok, cond = parity_setup(head)
+        for kw in PARITY_CASES:
+            config = SamplingConfig(max_points=25, min_points=3, **kw)
+            eager = sample(model, cond, tok, config, torch.Generator().manual_seed(11))
+            compiled = sample(model, cond, tok, SamplingConfig(**{**vars(config), "compile": True}),
+                              torch.Generator().manual_seed(11))
+            _eos_mid_batch_and_slides(eager, kw["window"])
+            assert torch.equal(eager.tokens, compiled.tokens), (head, kw)
+            assert (eager.hidden - compiled.hidden).abs().max() <= 1e-5
+
+
+def test_a_step_that_cannot_compile_fails_with_a_clear_message(monkeypatch) -> None:
+    import avp.models.sampling as sampling
+
+    def no_compiler(*_args, **_kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(sampling, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", lambda *_a, **_k: no_compiler)
+    model, tok, cond = parity_setup()
+    with pytest.raises(RuntimeError, match="compile=True could not compile.*no C.. compiler.*compile: false"):
+        sample(model, cond, tok, SamplingConfig(max_points=4, compile=True))
+    with pytest.raises(ValueError, match="use_kv_cache"):
+        SamplingConfig(compile=True, use_kv_cache=False).validate()
+
+
+@pytest.mark.gpu
+def test_the_cuda_graph_step_samples_the_eager_tokens() -> None:
+    """On CUDA ``compile=True`` replays the step as CUDA graphs (``reduce-overhead``); same tokens as eager."""
+    model, tok, cond = parity_setup()
+    model, cond = model.cuda(), cond.cuda()
+    tok.to("cuda")
+    for kw in PARITY_CASES:
+        config = SamplingConfig(max_points=25, min_points=3, **kw)
+        eager = sample(model, cond, tok, config, torch.Generator("cuda").manual_seed(11))
+        for _ in range(2):  # the second call re-records the graphs on the new sample's caches
+            graphs = sample(model, cond, tok, SamplingConfig(**{**vars(config), "compile": True}),
+                            torch.Generator("cuda").manual_seed(11))
+            assert torch.equal(eager.tokens, graphs.tokens), kw

@@ -7,9 +7,15 @@ time to generate a 10k-point avatar with the base configuration.
   context lengths, integrated over 0..N, for the estimated time of the whole generation without a cache (running it
   would take hours). Random weights would exhaust the point order within a few dozen points, so order enforcement is
   off here (grammar masks stay on); ``min_points`` keeps EOS away until N tokens.
+- *decode steps*: the sampler's eager, fixed-shape (``static_step``) and compiled (``compile``) decode steps at batch
+  1 and 8, for the full and the role-factored output head (``--decode-tokens`` tokens each, after a warm-up that
+  compiles), with the bytes each step streams (weights of the trunk and of the head rows it evaluates, KV-cache reads)
+  per token and the achieved GB/s, against a GEMV roofline timed in the same run (the full output matrix times one
+  hidden state: the best a memory-bound batch-1 step can stream here).
 - *training*: forward + backward + AdamW step on random windows, target tokens per second.
 - *10k-point avatar* (CUDA only): the base config's Transformer (24 x 1024, 16 heads, FLAME+teeth vocabulary, 773
-  condition tokens) samples 10,000 points = 40,002 tokens in bf16 with its 12,000-token window; random weights.
+  condition tokens) samples 10,000 points = 40,002 tokens in bf16 with its 12,000-token window, with the eager and
+  with the compiled (CUDA-graph) decode step; random weights.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-batch", type=int, default=2, help="training windows per step")
     parser.add_argument("--avatar-points", type=int, default=10000, help="points of the GPU avatar run")
     parser.add_argument("--skip-avatar", action="store_true", help="skip the base-config avatar run on a GPU")
+    parser.add_argument("--decode-tokens", type=int, default=1024, help="tokens per decode-step measurement")
+    parser.add_argument("--decode-batches", default="1,8", help="batch sizes of the decode-step measurements")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled decode step")
 
 
 def _tokenizer() -> PointTokenizer:
@@ -56,16 +65,89 @@ def _sync(device: torch.device) -> None:
 
 
 def _generate(model: PointGenerator, tok: PointTokenizer, condition: torch.Tensor, n_points: int, window: int,
-              device: torch.device) -> tuple[float, list[float]]:
+              device: torch.device, compile_step: bool = False) -> tuple[float, list[float]]:
     """Seconds to sample ``n_points`` points with the KV cache, and the wall time after every step."""
     stamps: list[float] = []
-    config = SamplingConfig(max_points=n_points, min_points=n_points, enforce_order=False, window=window)
+    config = SamplingConfig(max_points=n_points, min_points=n_points, enforce_order=False, window=window,
+                            compile=compile_step)
     gen = torch.Generator(device=device).manual_seed(0)
     _sync(device)
     start = time.perf_counter()
     sample(model, condition, tok, config, gen, on_step=lambda pos, total: stamps.append(time.perf_counter()))
     _sync(device)
     return time.perf_counter() - start, [s - start for s in stamps]
+
+
+def _gemv_roofline(weight: torch.Tensor, device: torch.device) -> float:
+    """GB/s of ``hidden [1, D] @ weight.T``: the matrix streamed once per call (the batch-1 decoding bound)."""
+    h = torch.randn(1, weight.shape[1], device=device, dtype=weight.dtype)
+    stats = measure(lambda: F.linear(h, weight), warmup=3, repeat=50, device=device)
+    return weight.numel() * weight.element_size() / stats["min_s"] / 1e9
+
+
+def _step_bytes(model: PointGenerator, tok: PointTokenizer, batch: int, kv_slots: float, condition_tokens: int,
+                role_head: bool) -> dict[str, float]:
+    """Bytes one decode step streams: trunk weights (the condition's key/value projections run once per sample, not
+    per step), the output rows it evaluates (role head: the mean over the four slots) and the KV caches it reads."""
+    size = next(model.parameters()).element_size()
+    D = model.config.width
+    trunk = sum(p.numel() for name, p in model.named_parameters()
+                if name.startswith("blocks.") and ".cross.kv." not in name) * size
+    L, Fn = tok.levels, tok.n_faces
+    head_rows = (3 * L + 1 + Fn) / 4 if role_head else tok.vocab_size
+    head = head_rows * D * size
+    kv = model.config.n_layers * 2 * batch * (kv_slots + condition_tokens) * D * size
+    return {"weights": trunk + head, "kv": kv}
+
+
+def _decode_speed(args: argparse.Namespace, tok: PointTokenizer, device: torch.device) -> dict[str, Any]:
+    """Tokens/s of the sampler's eager, static and compiled decode steps, at each batch size and for both heads."""
+    n_points = max(4, args.decode_tokens // 4)
+    n_tokens = 4 * n_points + 1
+    window = n_tokens + 8  # no slide: every step is a one-token decode step
+    gemv = _gemv_roofline(PointGenerator(GeneratorConfig(n_layers=1, width=args.width, n_heads=args.heads),
+                                         tok.vocab_size).to(device).head.weight.detach(), device)
+    modes = {"eager": {}, "static": {"static_step": True}}
+    if not args.skip_compile:
+        modes["compiled"] = {"compile": True}
+    rows: list[dict[str, Any]] = []
+    for head in ("full", "role"):
+        torch.manual_seed(0)
+        config = GeneratorConfig(n_layers=args.layers, width=args.width, n_heads=args.heads, head=head)
+        model = PointGenerator(config, tok.vocab_size).to(device).eval()
+        for batch in (int(b) for b in args.decode_batches.split(",")):
+            condition = torch.randn(batch, args.condition_tokens, args.width, device=device)
+            for mode, extra in modes.items():
+                sampling = SamplingConfig(max_points=n_points, min_points=n_points, enforce_order=False,
+                                          window=window, **extra)
+                gen = torch.Generator(device=device).manual_seed(0)
+                warm = SamplingConfig(**{**vars(sampling), "max_points": 8, "min_points": 8})
+                sample(model, condition, tok, warm, gen)  # compiles the step for this batch size
+                _sync(device)
+                start = time.perf_counter()
+                sample(model, condition, tok, sampling, gen)
+                _sync(device)
+                seconds = time.perf_counter() - start
+                step_s = seconds / n_tokens
+                kv_slots = window if mode != "eager" else n_tokens / 2  # static steps read the whole storage
+                streamed = _step_bytes(model, tok, batch, kv_slots, args.condition_tokens, head == "role")
+                rows.append({"head": head, "batch": batch, "mode": mode,
+                             "tokens_per_s": round(batch * n_tokens / seconds, 1),
+                             "weight_bytes_per_token": round(streamed["weights"] / batch),
+                             "kv_bytes_per_token": round(streamed["kv"] / batch),
+                             "achieved_gb_per_s": round((streamed["weights"] + streamed["kv"]) / step_s / 1e9, 2)})
+    by = {(r["head"], r["batch"], r["mode"]): r["tokens_per_s"] for r in rows}
+    batches = [int(b) for b in args.decode_batches.split(",")]
+    ratios: dict[str, float] = {}
+    for head in ("full", "role"):
+        best1 = max(by[(head, batches[0], m)] for m in modes)
+        ratios[f"{head}_best_vs_eager_batch{batches[0]}"] = round(best1 / by[(head, batches[0], "eager")], 2)
+        for b in batches[1:]:
+            ratios[f"{head}_batch{b}_vs_batch{batches[0]}"] = round(max(by[(head, b, m)] for m in modes) / best1, 2)
+    return {"tokens": n_tokens, "window": window, "gemv_roofline_gb_per_s": round(gemv, 2), "runs": rows,
+            "ratios": ratios, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "note": "tokens/s of whole samples (grammar masks, draws); bytes: trunk weights + evaluated head rows, "
+                    "and KV-cache reads (eager reads the valid half on average, static/compiled the whole window)"}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,6 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "precision": "bf16-mixed" if device.type != "cpu" else "32-true",
         },
     }
+    result["decode_steps"] = _decode_speed(args, tok, device)
     if device.type == "cpu":
         result["avatar_10k_points"] = "unavailable: needs a CUDA device (--device cuda)"
     elif args.skip_avatar:
@@ -157,10 +240,16 @@ def _base_avatar(device: torch.device, tok: PointTokenizer, n_points: int) -> di
     """Seconds for the base-config Transformer to sample ``n_points`` points (bf16, 12k window, KV cache)."""
     model = PointGenerator(BASE, tok.vocab_size).to(device).eval()
     condition = torch.randn(1, BASE_CONDITION_TOKENS, BASE.width, device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        _generate(model, tok, condition, 64, 12000, device)  # warm-up (kernels, allocator)
-        seconds, _ = _generate(model, tok, condition, n_points, 12000, device)
     tokens = 4 * n_points + 1
-    return {"points": n_points, "tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1), "window": 12000, "precision": "bf16-autocast",
-            "parameters": sum(p.numel() for p in model.parameters()), "target_s": 10}
+    result: dict[str, Any] = {"points": n_points, "tokens": tokens, "window": 12000, "precision": "bf16-autocast",
+                              "parameters": sum(p.numel() for p in model.parameters()), "target_s": 10}
+    for name, compile_step in (("eager", False), ("compiled", True)):
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                _generate(model, tok, condition, 64, 12000, device, compile_step)  # warm-up (kernels, graphs)
+                seconds, _ = _generate(model, tok, condition, n_points, 12000, device, compile_step)
+        except RuntimeError as e:  # report a step that does not compile here instead of losing the other figures
+            result[name] = f"failed: {e}"
+            continue
+        result[name] = {"seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+    return result

@@ -10,7 +10,10 @@ same absolute positions (``input_pos``). The output head is the paper's softmax 
 Decoding API (as litgpt's): ``set_kv_cache(batch_size, max_len)`` allocates per-layer caches, then
 ``forward(tokens, condition, input_pos)`` with consecutive positions appends to them (the condition's keys/values are
 computed on the first call and reused), ``reset_kv_cache(start)`` empties them to restart at position ``start`` (the
-sampler's sliding window), ``clear_kv_cache()`` frees them.
+sampler's sliding window), ``clear_kv_cache()`` frees them. Once a cached forward has filled them,
+``decode_step(token, position, slot, decode_state())`` is the fixed-shape one-token step (no host-side lengths, no
+Python branch on values) that ``torch.compile`` and CUDA graphs need; the sampler uses it with
+``SamplingConfig.static_step`` / ``compile``.
 """
 
 from __future__ import annotations
@@ -144,6 +147,50 @@ class PointGenerator(nn.Module):
             block.attn.cache = None
             block.cross.cache_condition = False
             block.cross.clear()
+
+    def decode_state(self) -> list[Tensor]:
+        """The tensors a :meth:`decode_step` reads and writes, 4 per block: the self-attention cache's whole key and
+        value storage ``[B, H, S, d]`` (``S = max_len``) and the condition's keys and values ``[B, H, C, d]``.
+
+        Available once a cached forward has run (it allocates the storage and computes the condition's keys); the
+        same tensors serve until :meth:`clear_kv_cache` (a window slide rewrites them in place).
+        """
+        state: list[Tensor] = []
+        for block in self.blocks:
+            cache, cond = block.attn.cache, block.cross.cached_condition
+            if cache is None or cache.k is None or cache.v is None or cond is None:
+                raise RuntimeError("decode_state: run a forward with the KV cache set first (it allocates the storage "
+                                   "and caches the condition)")
+            state += [cache.k, cache.v, *cond]
+        return state
+
+    def decode_step(self, token: Tensor, position: Tensor, slot: Tensor, state: list[Tensor]) -> Tensor:
+        """Fixed-shape one-token decoding step (eval mode): the same computation as a cached :meth:`forward` of one
+        token, with attention over the cache's whole storage under a mask instead of a slice of its valid part.
+
+        Args:
+            token: ``[B, 1]`` long, the input token.
+            position: ``[1]`` long, its absolute position (BOS = 0; role embedding and RoPE).
+            slot: ``[1]`` long, its cache slot (``position`` minus the cache's start); slots ``0 .. slot - 1`` must
+                hold the context (written by a cached forward or earlier steps). The caches' ``length`` counters are
+                not touched (the caller keeps them: they live on the host).
+            state: :meth:`decode_state`.
+
+        Returns:
+            ``[B, D]`` final hidden state (the input of the output head: :meth:`head_logits`).
+        """
+        roles = PointTokenizer.role_of_position(position)
+        x = self.token_embedding(token) + self.role_embedding(roles)  # [B, 1, D]
+        cos, sin = self.rope.cos_sin(position, x.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block.decode_step(x, cos, sin, slot, *state[4 * i : 4 * i + 4])
+        return self.norm(x)[:, 0]
+
+    def advance_kv_cache(self, n: int = 1) -> None:
+        """Count ``n`` more valid slots in every cache (after :meth:`decode_step` wrote them), so that a later cached
+        forward continues after them."""
+        for block in self.blocks:
+            block.attn.cache.length += n
 
     # -------------------------------------------------------------------------------------------------- forward
     def forward(self, tokens: Tensor, condition: Tensor, input_pos: Tensor | None = None,

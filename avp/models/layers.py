@@ -102,6 +102,25 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and mask is None)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
+    def decode_step(self, x: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor,
+                    v_cache: Tensor) -> Tensor:
+        """Fixed-shape one-token step: ``x [B, 1, D]`` is the token at cache slot ``slot`` (``[1]`` long tensor).
+
+        Its key/value are written into ``k_cache, v_cache [B, H, S, d]`` (a cache's whole storage) in place, and the
+        query attends to slots ``0 .. slot`` through a mask over all ``S`` slots: no slice by a host-side length, so
+        every step has the same shapes and no Python branch on values (it compiles, and replays as a CUDA graph).
+        Stale slots past ``slot`` (left by a window slide) are masked out.
+        """
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, 1, d]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # an index_put_ (not index_copy_): inductor writes it in place instead of copying the whole cache
+        k_cache[:, :, slot] = k.to(k_cache.dtype)
+        v_cache[:, :, slot] = v.to(v_cache.dtype)
+        mask = (torch.arange(k_cache.shape[2], device=x.device) <= slot)[None, None, None, :]  # [1, 1, 1, S]
+        y = F.scaled_dot_product_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
 
 class CrossAttention(nn.Module):
     """Multi-head attention from the token stream to the condition tokens (no mask: the condition is always whole).
@@ -142,6 +161,19 @@ class CrossAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
+    @property
+    def cached_condition(self) -> tuple[Tensor, Tensor] | None:
+        """``(k, v) [B, H, C, d]`` of the condition once a caching forward computed them, else None."""
+        return self._cached
+
+    def decode_step(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``x [B, T, D]`` attending to the condition's cached ``k, v [B, H, C, d]`` (given, not read from ``self``,
+        so a compiled step takes them as inputs)."""
+        B, T, D = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
 
 class MLP(nn.Module):
     def __init__(self, width: int, ratio: float = 4.0, dropout: float = 0.0):
@@ -172,6 +204,13 @@ class DecoderBlock(nn.Module):
     def forward(self, x: Tensor, condition: Tensor, cos: Tensor, sin: Tensor, slot: int = 0) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), cos, sin, slot))
         x = x + self.drop(self.cross(self.norm2(x), condition))
+        return x + self.mlp(self.norm3(x))
+
+    def decode_step(self, x: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor, v_cache: Tensor,
+                    cond_k: Tensor, cond_v: Tensor) -> Tensor:
+        """One fixed-shape decoding step (eval mode: no dropout); see :meth:`SelfAttention.decode_step`."""
+        x = x + self.attn.decode_step(self.norm1(x), cos, sin, slot, k_cache, v_cache)
+        x = x + self.cross.decode_step(self.norm2(x), cond_k, cond_v)
         return x + self.mlp(self.norm3(x))
 
 

@@ -23,6 +23,16 @@ Long clouds: the model sees at most ``window`` tokens (its training window). Whe
 sampler restarts the context at a point boundary so that the last ``keep`` tokens or fewer remain, re-encoding them in
 one forward (same absolute positions, the condition kept): exactly the view a training window starting there has.
 With ``use_kv_cache=False`` the same contexts are recomputed in full at every step (the benchmark's baseline).
+
+Sampling never records autograd (it runs under ``torch.no_grad``): a decode graph kept alive across tens of thousands
+of steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes single tokens with
+the model's fixed-shape step (:meth:`~avp.models.generator.PointGenerator.decode_step`: the KV cache's whole storage
+under a mask, positions and cache slots as device tensors) and checks for the end of the batch only every
+``EOS_CHECK_EVERY`` tokens, so the step holds no host/device synchronisation; ``compile`` runs that step through
+``torch.compile`` (inductor; on CUDA with ``mode="reduce-overhead"``: CUDA graphs). The first forward and the re-encode
+after a window slide stay eager (their lengths vary). Either switch changes hidden states in the last bits (sums over
+the masked storage, fused kernels), which can flip a near-tied draw: off by default, and the default path is the
+eager one whose samples the tests pin.
 """
 
 from __future__ import annotations
@@ -31,11 +41,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from avp.device import ACCELERATOR
 from avp.models.generator import GeneratorOutput, point_features, role_rows
 from avp.models.tokenizer import PointTokenizer
 from avp.types import TensorContainer
+
+EOS_CHECK_EVERY = 64
+"""With ``static_step``: tokens between two checks whether every cloud of the batch has ended (a host sync each).
+Finished clouds emit PAD meanwhile, so the samples do not depend on it; at most this many steps are wasted."""
+_COMPILED: dict[tuple[type, str], Callable[..., Tensor]] = {}  # torch.compile'd decode steps, by model class and mode
 
 
 @dataclass
@@ -65,6 +82,14 @@ class SamplingConfig:
     nearest to the point just sampled (0: any face, the paper's setting). An extension of ours: it keeps a point from
     being bound to a far-away triangle, which would make it fly off under animation, when the model has seen too few
     examples to learn the binding (toy-scale training); needs the face centres at sampling time."""
+    static_step: bool = False
+    """Decode single tokens with the model's fixed-shape step (the KV cache's whole storage under a mask, no host
+    syncs inside the step, end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the
+    eager step; hidden states differ from it in the last bits, so a near-tied draw can differ. Needs the KV cache."""
+    compile: bool = False
+    """Run the fixed-shape step (implies ``static_step``) through ``torch.compile``: inductor, on CUDA with
+    ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (tens of seconds). Off by
+    default until measured on a GPU; on a CPU see BENCHMARKS.md for what it buys."""
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -80,6 +105,8 @@ class SamplingConfig:
             raise ValueError(f"sampling: keep must be in [4, window) or 0, got {self.keep}")
         if self.bind_nearest < 0:
             raise ValueError(f"sampling: bind_nearest must be >= 0, got {self.bind_nearest}")
+        if (self.static_step or self.compile) and not self.use_kv_cache:
+            raise ValueError("sampling: static_step and compile decode with the KV cache (use_kv_cache: true)")
 
 
 @dataclass
@@ -230,6 +257,22 @@ def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Gener
     return torch.where(allowed.gather(1, index[:, None]).squeeze(-1), index, last)
 
 
+def _decode_step(model: torch.nn.Module, compiled: bool, device: torch.device) -> Callable[..., Tensor]:
+    """``step(model, token [B, 1], position [1], slot [1], state) -> hidden [B, D]``: the model's fixed-shape step,
+    eager or through ``torch.compile`` (compiled once per model class and mode; dynamo guards tell models apart)."""
+    if not hasattr(model, "decode_step") or not hasattr(model, "decode_state"):
+        raise TypeError(f"sampling: static_step/compile need a model with decode_step and decode_state "
+                        f"(PointGenerator), got {type(model).__name__}")
+    step = type(model).decode_step
+    if not compiled:
+        return step
+    mode = "reduce-overhead" if device.type == ACCELERATOR else "default"
+    key = (type(model), mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED[key]
+
+
 def sample(
     model: torch.nn.Module,
     condition: Tensor,
@@ -239,10 +282,11 @@ def sample(
     on_step: Callable[[int, int], None] | None = None,
     face_centers: Tensor | None = None,
 ) -> SampleOutput:
-    """Sample one cloud per condition.
+    """Sample one cloud per condition (under ``torch.no_grad``: nothing returned carries a graph).
 
     Args:
-        model: a :class:`~avp.models.generator.PointGenerator` (anything with its forward and KV-cache API).
+        model: a :class:`~avp.models.generator.PointGenerator` (anything with its forward and KV-cache API; the
+            fixed-shape step of ``static_step`` / ``compile`` also needs ``decode_step`` and ``decode_state``).
         condition: ``[B, C, D]`` condition tokens (``ConditionEncoder`` output).
         tokenizer: the tokenizer the model was trained with.
         config: :class:`SamplingConfig` (default: temperature 1, all masks, 10,000 points at most).
@@ -254,19 +298,29 @@ def sample(
     """
     config = config or SamplingConfig()
     config.validate()
+    with torch.no_grad():
+        return _sample(model, condition, tokenizer, config, generator, on_step, face_centers)
+
+
+def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer, config: SamplingConfig,
+            generator: torch.Generator | Sequence[torch.Generator] | None, on_step: Callable[[int, int], None] | None,
+            face_centers: Tensor | None) -> SampleOutput:
     B = condition.shape[0]
     device = condition.device
-    L, F = tokenizer.levels, tokenizer.n_faces
-    if config.bind_nearest > 0 and (face_centers is None or face_centers.shape != (B, F, 3)):
+    L, F_ = tokenizer.levels, tokenizer.n_faces
+    if config.bind_nearest > 0 and (face_centers is None or face_centers.shape != (B, F_, 3)):
         got = None if face_centers is None else tuple(face_centers.shape)
-        raise ValueError(f"sampling: bind_nearest={config.bind_nearest} needs face_centers [B, F, 3] = [{B}, {F}, 3], "
+        raise ValueError(f"sampling: bind_nearest={config.bind_nearest} needs face_centers [B, F, 3] = [{B}, {F_}, 3], "
                          f"got {got}")
     enforce = config.enforce_order and tokenizer.sorted
     priority = tokenizer.priority if enforce else (0, 1, 2, 3)
-    maxima = (L - 1, L - 1, L - 1, F - 1)
+    maxima = (L - 1, L - 1, L - 1, F_ - 1)
     keep = config.keep or config.window // 2
     last_input = 4 * config.max_points  # position of the last b token a cloud may have
     total = last_input + 2
+    static = config.static_step or config.compile
+    step_fn = _decode_step(model, config.compile, device) if static else None
+    graphs = config.compile and device.type == ACCELERATOR
 
     tokens = torch.full((B, total), tokenizer.pad_id, dtype=torch.long, device=device)
     tokens[:, 0] = tokenizer.bos_id
@@ -277,7 +331,14 @@ def sample(
     cur = torch.zeros(B, 4, dtype=torch.long, device=device)
     vocab = torch.arange(tokenizer.vocab_size, device=device)
     role_head = getattr(getattr(model, "config", None), "head", "full") == "role"
-    rows = [role_rows(r, L, F, device) for r in range(4)]  # role head: the rows each role computes
+    rows = [role_rows(r, L, F_, device) for r in range(4)]  # role head: the rows each role computes
+    # the role head's output rows per role, gathered once (the x rows are not contiguous: EOS comes last)
+    role_weights = [model.head.weight[r] for r in rows] if role_head else []
+    # the static step's position and cache slot live on the device: advancing them is a kernel, not a host sync
+    step_pos = torch.zeros(1, dtype=torch.long, device=device)
+    step_slot = torch.zeros(1, dtype=torch.long, device=device)
+    step_token = torch.zeros(B, 1, dtype=torch.long, device=device)
+    state: list[Tensor] = []
 
     was_training = model.training
     model.eval()
@@ -295,15 +356,42 @@ def sample(
                     model.reset_kv_cache(ctx_start)
                     cached_to = ctx_start
             first = cached_to if config.use_kv_cache else ctx_start
-            positions = torch.arange(first, pos + 1, device=device)
-            if role_head:
-                out = model(tokens[:, first : pos + 1], condition, positions, return_logits=False)
+            if static and first == pos and pos > 0:  # one token continuing the cache: the fixed-shape step
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                try:
+                    step_token.copy_(tokens[:, pos : pos + 1])  # fixed strides: a slice's depend on max_points
+                    last_hidden = step_fn(model, step_token, step_pos, step_slot, state)
+                except Exception as e:
+                    if not config.compile:
+                        raise
+                    raise RuntimeError(f"sampling: compile=True could not compile or run the decode step with "
+                                       f"torch.compile on {device.type} ({type(e).__name__}: {e}); sample with "
+                                       "compile: false (static_step: true keeps the fixed-shape step)") from e
+                model.advance_kv_cache()
+                step_pos += 1
+                step_slot += 1
+                logits_full = None
             else:
-                out = model(tokens[:, first : pos + 1], condition, positions)
+                positions = torch.arange(first, pos + 1, device=device)
+                if role_head:
+                    out = model(tokens[:, first : pos + 1], condition, positions, return_logits=False)
+                else:
+                    out = model(tokens[:, first : pos + 1], condition, positions)
+                last_hidden = out.hidden[:, -1]
+                logits_full = None if role_head else out.logits[:, -1]
+                if static:
+                    if not state:
+                        state = model.decode_state()
+                        if graphs:  # the caches keep their addresses for the whole sample: no copies per replay
+                            for t in state:
+                                torch._dynamo.mark_static_address(t)
+                    step_pos.fill_(pos + 1)
+                    step_slot.fill_(pos + 1 - ctx_start)
             cached_to = pos + 1
             if pos == 0:
-                hidden = out.hidden.new_zeros(B, total, out.hidden.shape[-1])
-            hidden[:, pos] = out.hidden[:, -1]
+                hidden = last_hidden.new_zeros(B, total, last_hidden.shape[-1])
+            hidden[:, pos] = last_hidden
             if pos == last_input:
                 break
             # ---- choose the token at pos + 1
@@ -313,7 +401,7 @@ def sample(
             else:
                 thr = torch.zeros(B, dtype=torch.long, device=device)
             if role == 3:
-                lo, hi = L + thr, torch.full_like(thr, L + F)
+                lo, hi = L + thr, torch.full_like(thr, L + F_)
             else:
                 lo, hi = thr, torch.full_like(thr, L)
             allowed = (vocab >= lo[:, None]) & (vocab < hi[:, None])  # [B, V]
@@ -325,9 +413,11 @@ def sample(
                 allowed[:, tokenizer.eos_id] = (n_points >= config.min_points) | no_next_point
             if role_head:  # only the role's rows, back at their vocabulary ids
                 logits = torch.full((B, tokenizer.vocab_size), float("-inf"), device=device)
-                logits[:, rows[role]] = model.head_logits(out.hidden[:, -1], rows[role]).float()
+                logits[:, rows[role]] = F.linear(last_hidden, role_weights[role]).float()
+            elif logits_full is None:
+                logits = model.head_logits(last_hidden).float()
             else:
-                logits = out.logits[:, -1].float()
+                logits = logits_full.float()
             logits = logits.masked_fill(~allowed, float("-inf"))
             if config.temperature == 0:
                 nxt = logits.argmax(-1)
@@ -346,7 +436,7 @@ def sample(
             pos += 1
             if on_step is not None:
                 on_step(pos, last_input)
-            if role == 0 and bool(done.all()):
+            if role == 0 and (not static or pos % EOS_CHECK_EVERY == 1) and bool(done.all()):
                 break
     finally:
         if config.use_kv_cache:
@@ -359,11 +449,13 @@ def sample(
     L_out = int(lengths.max())
     tokens = tokens[:, :L_out]
     hidden = hidden[:, :L_out]
-    rows = tokens[:, 1 : 1 + 4 * n_max].reshape(B, n_max, 4)  # [B, N, 4]
+    if static and bool(finished.all()):
+        # the eager loop stops before consuming the last EOS; the static one may run on: same output either way
+        hidden[:, L_out - 1] = 0
+    point_rows = tokens[:, 1 : 1 + 4 * n_max].reshape(B, n_max, 4)  # [B, N, 4]
     mask = torch.arange(n_max, device=device)[None, :] < n_points[:, None]
-    q = rows[..., :3].clamp(0, L - 1)
+    q = point_rows[..., :3].clamp(0, L - 1)
     points = tokenizer.dequantize(q) * mask[..., None]
-    binding = (rows[..., 3] - L).clamp(min=0) * mask
+    binding = (point_rows[..., 3] - L).clamp(min=0) * mask
     return SampleOutput(tokens=tokens, lengths=lengths, points=points, binding=binding, mask=mask,
                         n_points=n_points, finished=finished, hidden=hidden)
-
