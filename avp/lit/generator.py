@@ -295,20 +295,24 @@ def cloud_figure(generated: Tensor, teacher: Tensor, title: str = "") -> Figure:
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 8), dpi=80)
+    fig = Figure(figsize=(8, 8.6), dpi=80)
     axes = fig.subplots(2, 2)
     both = torch.cat([generated, teacher]) if generated.numel() else teacher
+    # both rows of a view share limits covering both clouds: a point outside the teacher's box is drawn, not clipped
     lo, hi = both.min(0).values.numpy(), both.max(0).values.numpy()
+    views = ((0, 1, "front (x, y)", "z (m)"), (2, 1, "side (z, y)", "x (m)"))
     for row, (cloud, name) in enumerate(((teacher, "teacher"), (generated, "generated"))):
-        for col, (a, b, label) in enumerate(((0, 1, "front (x, y)"), (2, 1, "side (z, y)"))):
+        for col, (a, b, label, depth) in enumerate(views):
             ax = axes[row, col]
             if cloud.numel():
-                ax.scatter(cloud[:, a].numpy(), cloud[:, b].numpy(), s=1, c=cloud[:, 2 - a].numpy(), cmap="viridis")
+                dots = ax.scatter(cloud[:, a].numpy(), cloud[:, b].numpy(), s=1, c=cloud[:, 2 - a].numpy(),
+                                  cmap="viridis", vmin=lo[2 - a], vmax=hi[2 - a])
+                fig.colorbar(dots, ax=ax, shrink=0.8, label=f"colour: {depth}")
             ax.set_xlim(lo[a], hi[a])
             ax.set_ylim(lo[b], hi[b])
             ax.set_aspect("equal")
             ax.set_title(f"{name} {label}: {cloud.shape[0]} points", fontsize=9)
             ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title}\nrows: teacher, generated; axes in metres, shared by both rows", fontsize=10)
     fig.tight_layout()
     return fig

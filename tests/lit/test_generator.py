@@ -228,3 +228,19 @@ def test_checkpoint_hyperparameters_are_plain_data() -> None:
     for key in ("head", "tokenizer", "condition", "model", "val_sampling"):
         assert isinstance(module.hparams[key], dict)
     assert dataclasses.asdict(as_config(GeneratorConfig, module.hparams["model"])) == module.hparams["model"]
+
+
+def test_the_cloud_figure_draws_every_point_of_both_clouds_with_a_colour_legend() -> None:
+    from avp.lit.generator import cloud_figure
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.rand(50, 3, generator=g) * 0.2
+    generated = torch.cat([torch.rand(40, 3, generator=g) * 0.2, torch.tensor([[0.5, -0.3, 0.4]])])  # one outlier
+    fig = cloud_figure(generated, teacher, "subject")
+    plots = [ax for ax in fig.axes if ax.get_title()]
+    assert len(plots) == 4 and len(fig.axes) == 8  # four panels, each with its colour bar
+    for ax in plots:  # limits cover both clouds: the generated outlier is inside every panel
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        a = 0 if "front" in ax.get_title() else 2
+        assert x0 <= float(generated[-1, a]) <= x1 and y0 <= -0.3 <= y1
+    assert {ax.get_ylabel() for ax in fig.axes if not ax.get_title()} == {"colour: z (m)", "colour: x (m)"}
