@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,16 @@ def build_cli(args: Sequence[str] | None = None, *, run: bool = True, instantiat
     )
 
 
+def ensure_callback(trainer: Any, kind: type, make: Callable[[], Any]) -> Any:
+    """The trainer's first callback of type ``kind``; without one, ``make()`` appended. Returns the one in use."""
+    configured = [cb for cb in trainer.callbacks if isinstance(cb, kind)]
+    if configured:
+        return configured[0]
+    callback = make()
+    trainer.callbacks.append(callback)
+    return callback
+
+
 def add_run_summary(trainer: Any) -> Any:
     """``avp fit`` registers the run's metrics, hyper-parameters and config in TensorBoard
     (:class:`avp.lit.tensorboard.RunSummary`) unless the config lists one. Returns the callback in use, or None
@@ -115,12 +126,7 @@ def add_run_summary(trainer: Any) -> Any:
 
     if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
         return None
-    configured = [cb for cb in trainer.callbacks if isinstance(cb, RunSummary)]
-    if configured:
-        return configured[0]
-    summary = RunSummary()
-    trainer.callbacks.append(summary)
-    return summary
+    return ensure_callback(trainer, RunSummary, RunSummary)
 
 
 def add_fault_tolerance(trainer: Any) -> Any:
@@ -129,13 +135,9 @@ def add_fault_tolerance(trainer: Any) -> Any:
     with their status file). Returns the callback in use."""
     from avp.lit.callbacks import FaultTolerance
 
-    configured = [cb for cb in trainer.callbacks if isinstance(cb, FaultTolerance)]
-    if configured:
-        return configured[0]
     # a fit without checkpointing stays without: no final last.ckpt appears
-    callback = FaultTolerance(status_file=None, final_checkpoint=bool(trainer.checkpoint_callbacks))
-    trainer.callbacks.append(callback)
-    return callback
+    final = bool(trainer.checkpoint_callbacks)
+    return ensure_callback(trainer, FaultTolerance, partial(FaultTolerance, status_file=None, final_checkpoint=final))
 
 
 def add_prediction_writer(trainer: Any) -> Any:
@@ -145,12 +147,7 @@ def add_prediction_writer(trainer: Any) -> Any:
 
     from avp.lit.predict import PredictionWriter
 
-    configured = [cb for cb in trainer.callbacks if isinstance(cb, BasePredictionWriter)]
-    if configured:
-        return configured[0]
-    writer = PredictionWriter()
-    trainer.callbacks.append(writer)
-    return writer
+    return ensure_callback(trainer, BasePredictionWriter, PredictionWriter)
 
 
 def config_files(argv: Sequence[str]) -> list[str]:
