@@ -4,7 +4,7 @@ Each argument is a run folder, a sweep folder (every run below it), or any direc
 files. Runs are grouped into variants (a sweep run's ``run.json`` names its variant and seed; otherwise the folder
 name, with a trailing ``seed<k>`` / ``version_<k>`` folder counted as a seed of its parent). For every scalar metric
 it reports the final value (at the last logged step) and the best value by the metric's goal
-(:mod:`avp.metric_goals`: higher, lower, or closest to a target), as mean ± std over seeds, in the paper's ablation
+(:mod:`avp.metrics.goals`: higher, lower, or closest to a target), as mean ± std over seeds, in the paper's ablation
 layout: rows = variants, columns = metrics.
 
 Runs pooled as seeds of one variant must share their resolved config (``config.yaml``) up to the seed and the run's
@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from avp.atomic import atomic_write_bytes, atomic_write_text
-from avp.metric_goals import Goal, goal_of
+from avp.metrics.goals import Goal, goal_of
 
 EVENT_GLOB = "events.out.tfevents.*"
 IGNORED_TAGS = ("epoch", "hp_metric")
@@ -437,7 +437,7 @@ def _warnings(runs: Sequence[RunLog], variants: Sequence[str], ranks: dict[str, 
                    + ", ".join(str(r.path) for r in missing[:4]) + (" …" if len(missing) > 4 else ""))
     for metric, rank in ranks.items():
         if rank.goal is None:
-            out.append(f"{metric}: no declared goal (avp.metric_goals), not ranked; pass --higher-is-better or "
+            out.append(f"{metric}: no declared goal (avp.metrics.goals), not ranked; pass --higher-is-better or "
                        "--lower-is-better to rank it")
         elif rank.differs and len(variants) > 1:
             out.append(f"{metric}: not ranked, its scale depends on settings the runs differ in: "
@@ -485,9 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", metavar="GLOB",
                    help="metrics to tabulate (default: every val/* and test/* metric, else every metric)")
     p.add_argument("--higher-is-better", nargs="+", default=[], metavar="GLOB",
-                   help="metrics to maximise, overriding avp.metric_goals (globs over the whole tag)")
+                   help="metrics to maximise, overriding avp.metrics.goals (globs over the whole tag)")
     p.add_argument("--lower-is-better", nargs="+", default=[], metavar="GLOB",
-                   help="metrics to minimise, overriding avp.metric_goals")
+                   help="metrics to minimise, overriding avp.metrics.goals")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     return p
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from avp.compare import compare, main, mean_curve, read_scalars
-from avp.metric_goals import goal_of
+from avp.metrics.goals import goal_of
 
 
 def write_run(run_dir: Path, variant: str, seed: int, index: int, curves: dict[str, list[tuple[int, float]]],

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from avp.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from avp.eval.protocol import EvalProtocol
+from avp.metrics.goals import goal_of
 from avp.metrics.unavailable import MetricValue, Unavailable, as_metric_value, format_value
 from avp.provenance import environment, git_sha
 
@@ -41,37 +42,35 @@ TABLE_FILE = "table.md"
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """How a metric is shown in tables."""
+    """How a metric is shown in tables (which way is better comes from :mod:`avp.metrics.goals`)."""
 
     label: str
     """column title without the arrow"""
-    higher_is_better: bool | None
-    """True: ↑, False: ↓, None: no direction (no arrow, never bold)"""
     digits: int = 3
     """decimals shown"""
 
 
 METRICS: dict[str, MetricSpec] = {
-    "psnr": MetricSpec("PSNR", True, 2),
-    "psnr_masked": MetricSpec("PSNR (mask)", True, 2),
-    "ssim": MetricSpec("SSIM", True, 4),
-    "ssim_masked": MetricSpec("SSIM (mask)", True, 4),
-    "lpips": MetricSpec("LPIPS", False, 3),
-    "fid": MetricSpec("FID", False, 2),
-    "akd": MetricSpec("AKD", False, 2),
-    "apd": MetricSpec("APD", False, 2),
-    "apd_yaw": MetricSpec("APD yaw", False, 2),
-    "apd_pitch": MetricSpec("APD pitch", False, 2),
-    "apd_roll": MetricSpec("APD roll", False, 2),
-    "keypoint_pair_rate": MetricSpec("Landmark pairs", True, 3),
-    "identity_cosine": MetricSpec("ID cos", True, 3),
-    "identity_distance": MetricSpec("ID dist", False, 3),
-    "identity_same_rate": MetricSpec("ID same", True, 3),
-    "face_detection_rate": MetricSpec("Face det.", True, 3),
-    "clip": MetricSpec("CLIP", True, 3),
-    "cross_fid": MetricSpec("Cross-FID", False, 2),
-    "cross_clip": MetricSpec("Cross-CLIP", True, 3),
-    "cross_identity_cosine": MetricSpec("Cross-ID cos", True, 3),
+    "psnr": MetricSpec("PSNR", 2),
+    "psnr_masked": MetricSpec("PSNR (mask)", 2),
+    "ssim": MetricSpec("SSIM", 4),
+    "ssim_masked": MetricSpec("SSIM (mask)", 4),
+    "lpips": MetricSpec("LPIPS", 3),
+    "fid": MetricSpec("FID", 2),
+    "akd": MetricSpec("AKD", 2),
+    "apd": MetricSpec("APD", 2),
+    "apd_yaw": MetricSpec("APD yaw", 2),
+    "apd_pitch": MetricSpec("APD pitch", 2),
+    "apd_roll": MetricSpec("APD roll", 2),
+    "keypoint_pair_rate": MetricSpec("Landmark pairs", 3),
+    "identity_cosine": MetricSpec("ID cos", 3),
+    "identity_distance": MetricSpec("ID dist", 3),
+    "identity_same_rate": MetricSpec("ID same", 3),
+    "face_detection_rate": MetricSpec("Face det.", 3),
+    "clip": MetricSpec("CLIP", 3),
+    "cross_fid": MetricSpec("Cross-FID", 2),
+    "cross_clip": MetricSpec("Cross-CLIP", 3),
+    "cross_identity_cosine": MetricSpec("Cross-ID cos", 3),
 }
 """Known metric keys; other keys are shown by name without an arrow."""
 
@@ -80,7 +79,13 @@ PAPER_COLUMNS = ("lpips", "fid", "akd", "apd", "cross_fid", "cross_clip")
 
 
 def spec(key: str) -> MetricSpec:
-    return METRICS.get(key, MetricSpec(key, None))
+    return METRICS.get(key, MetricSpec(key))
+
+
+def higher_is_better(key: str) -> bool | None:
+    """True: ↑, False: ↓, None: no direction (no arrow, never bold: undeclared, or best at a target value)."""
+    goal = goal_of(key)
+    return None if goal is None or goal.better == "target" else goal.better == "higher"
 
 
 def flatten_metrics(outputs: Mapping[str, Any]) -> dict[str, MetricValue]:
@@ -243,12 +248,12 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]
     table = {m: flatten_metrics(v) for m, v in rows.items()}
     best: dict[str, float] = {}
     for col in columns:
-        direction = spec(col).higher_is_better
+        direction = higher_is_better(col)
         numbers = [v for r in table.values() if isinstance(v := r.get(col), float) and not math.isnan(v)]
         if bold_best and direction is not None and numbers:
             best[col] = max(numbers) if direction else min(numbers)
     notes: dict[str, int] = {}
-    header = ["Method"] + [spec(c).label + {True: "↑", False: "↓", None: ""}[spec(c).higher_is_better]
+    header = ["Method"] + [spec(c).label + {True: "↑", False: "↓", None: ""}[higher_is_better(c)]
                            for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, values in table.items():
@@ -355,7 +360,7 @@ def write_run_reports(out: Path, protocol: EvalProtocol, run_record: Mapping[str
 
 
 def _direction_notes(columns: Sequence[str]) -> str:
-    known = [c for c in columns if spec(c).higher_is_better is not None]
+    known = [c for c in columns if higher_is_better(c) is not None]
     if not known:
         return ""
     return "\n↑ higher is better, ↓ lower is better; the best available value of a column is bold.\n"

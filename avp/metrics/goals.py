@@ -1,6 +1,7 @@
 """What "better" means for every metric avp logs, and what a value is comparable across.
 
-One table, read by ``avp compare`` (and anything else that ranks runs). A logged tag ``stage/name`` is looked up by
+One table, read by ``avp compare`` and by the evaluation reports (:mod:`avp.eval.report`) to rank runs and methods.
+A logged tag ``stage/name`` is looked up by
 its ``name``: exact names first, then glob patterns, in the order below. A name that matches nothing has no goal:
 it is tabulated but never ranked or bolded, so a new metric cannot be silently ranked the wrong way.
 """
@@ -80,7 +81,12 @@ GOALS: dict[str, Goal] = {
     "keypoint_pair_rate": HIGHER,
     "fid": LOWER,
     "clip": HIGHER,
+    "face_detection_rate": HIGHER,
     "finished_rate": HIGHER,
+    # cross-reenactment (avp.eval): the same measures across identities
+    "cross_fid": LOWER,
+    "cross_clip": HIGHER,
+    "cross_identity_cosine": HIGHER,
 }
 
 
