@@ -14,8 +14,9 @@ commands:
   synth      render a synthetic multi-view head dataset (built-in head model, all cores, deterministic per seed)
   convert    GaussianAvatars fit + VHAP/NeRSemble export -> one shard (then re-index the folder)
   preview    contact sheet PNG of a shard, a dataset folder or a pattern
-  validate   decode every sample of a dataset and verify checksums; exit 1 naming shard/key/member on a problem
-  index      rebuild shards.json from the *.tar files of a folder
+  validate   verify checksums, decode and check every sample (values, cameras, manifest, duplicates, split
+             leakage); exit 1 naming shard/sample/member/field on a problem
+  index      rebuild shards.json from the *.tar files of a folder (refuses duplicate keys and leaking splits)
 """
 
 
@@ -130,33 +131,72 @@ def _preview(argv: list[str]) -> int:
     return 0
 
 
+def _validate_refs(root: str, split: str | None) -> list:
+    """The shards ``validate`` checks: a single ``.tar`` (with its manifest entry when the folder has one listing
+    it), or what :func:`~avp.data.reader.resolve_shards` finds."""
+    from avp.data.manifest import MANIFEST_NAME, read_manifest
+    from avp.data.reader import ShardRef, manifest_refs, resolve_shards
+
+    path = Path(root)
+    if root.endswith(".tar") and path.is_file():
+        if (path.parent / MANIFEST_NAME).exists():
+            manifest = read_manifest(path.parent)
+            listed = [r for r in manifest_refs(manifest) if Path(r.path).resolve() == path.resolve()]
+            if listed:
+                return listed
+        return [ShardRef(path=root, name=path.name)]
+    return resolve_shards(root, split)[0]
+
+
 def validate(root: str, split: str | None = None, *, keep_going: bool = False, progress: bool = True) -> dict:
-    """Decode every sample (all frames) and verify checksums and manifest counts; returns a report dict with
-    ``errors`` (messages naming shard/key/member). Raises the first error unless ``keep_going``."""
+    """Check every shard before reading its samples (checksum, tar structure, duplicate keys, the manifest's sample
+    count), decode every sample with all its frames through the schema's value rules (against the manifest's split,
+    subjects and head model when there is one), and refuse a sample key in two shards and a subject in two splits.
+
+    Returns a report dict with ``errors`` (messages naming shard/sample/member/field). Raises the first error unless
+    ``keep_going`` (then a broken shard is reported once, a broken sample each).
+    """
     from tqdm import tqdm
 
-    from avp.data.reader import ShardRef, iter_raw_samples, resolve_shards
+    from avp.data.layout import META, REASON_DUPLICATE, REASON_MANIFEST
+    from avp.data.reader import iter_raw_samples
     from avp.data.schema import ShardError, decode_sample
 
-    if root.endswith(".tar") and Path(root).is_file():
-        refs: list[ShardRef] = [ShardRef(path=root, name=Path(root).name)]
-    else:
-        refs, _ = resolve_shards(root, split)
+    refs = _validate_refs(root, split)
     report: dict = {"shards": len(refs), "samples": 0, "points": [], "errors": []}
+    key_shard: dict[str, str] = {}  # sample key -> the shard that holds it
+    subject_split: dict[str, tuple[str, str]] = {}  # subject -> (its split, the first shard it was seen in)
+
+    def failed(e: ShardError) -> None:
+        if not keep_going:
+            raise e
+        report["errors"].append(str(e))
+
+    def check(raw: dict[str, bytes], name: str, expect) -> int:
+        key = raw["__key__"].decode()
+        if key in key_shard:
+            raise ShardError(name, key, None, f"the sample key also appears in shard {key_shard[key]!r}; keys must be "
+                                              "unique in a dataset", reason=REASON_DUPLICATE)
+        key_shard[key] = name
+        s = decode_sample(raw, shard=name, expect=expect)
+        subject, its_split = s.meta["subject"], s.meta["split"]
+        first_split, first_shard = subject_split.setdefault(subject, (its_split, name))
+        if first_split != its_split:
+            raise ShardError(name, key, META, f"subject {subject!r} is in split {its_split!r} here but in split "
+                                              f"{first_split!r} in shard {first_shard!r}: the splits leak", "subject",
+                             reason=REASON_MANIFEST)
+        return s.gaussians.n_points
+
     for ref in tqdm(refs, desc="validate", unit="shard", disable=not progress):
         try:
-            n = 0
-            for raw in iter_raw_samples(ref):
-                s = decode_sample(raw, shard=ref.name)
-                report["points"].append(s.gaussians.n_points)
-                n += 1
-            if ref.samples is not None and n != ref.samples:
-                raise ShardError(ref.name, None, None, f"the manifest says {ref.samples} samples, the shard has {n}")
-            report["samples"] += n
+            for raw in iter_raw_samples(ref):  # the shard is checked whole before its first sample
+                try:
+                    report["points"].append(check(raw, ref.name, ref.expect))
+                    report["samples"] += 1
+                except ShardError as e:
+                    failed(e)
         except ShardError as e:
-            if not keep_going:
-                raise
-            report["errors"].append(str(e))
+            failed(e)
     pts = report.pop("points")
     if pts:
         report["points_min"], report["points_max"] = min(pts), max(pts)

@@ -2,13 +2,14 @@
 
 Collation pads teacher clouds to the batch's largest point count (``teacher.mask``; padded splats are invisible even
 where the mask is ignored) and stacks everything else. :class:`CorruptionMonitor` runs in the main process on the
-batches of all workers: it totals the skip counts each batch carries (:class:`~avp.types.CorruptionCounts`) and
-fails the run past ``max_corrupt_fraction``.
+batches of all workers: it totals the skip counts each batch carries (:class:`SkipCounts`, by reason), fails the run
+past ``max_corrupt_fraction``, and fails an evaluation pass that yields no sample.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -112,35 +113,84 @@ def collate(items: list[ClipItem], *, corrupt: CorruptionCounts | None = None) -
     )
 
 
+@dataclass
+class SkipCounts(CorruptionCounts):
+    """:class:`~avp.types.CorruptionCounts` by reason (:data:`avp.data.schema.REASONS`: ``checksum``, ``tar``,
+    ``duplicate``, ``manifest``, ``missing``, ``format``, ``value``)."""
+
+    reasons: dict[str, int] = field(default_factory=dict)
+    """The skipped samples counted in ``skipped``, by reason."""
+    reasons_total: dict[str, int] | None = None
+    """Running totals by reason, set with ``total`` by the :class:`CorruptionMonitor`."""
+
+
 class CorruptionMonitor:
     """Totals the skip counts that batches carry and fails the run past a fraction of corrupt samples.
 
     The fraction is measured against the larger of the samples seen so far and ``epoch_samples``, so a few corrupt
-    samples at the start of a long run do not trip it; with ``max_fraction = 0`` any corrupt sample fails.
+    samples at the start of a long run do not trip it; with ``max_fraction = 0`` any corrupt sample fails. Skips
+    that no batch carries (a pass that produced no sample) arrive through :meth:`record`. With ``require_samples``
+    (evaluation splits) a pass over the loader that yields no sample at all fails in :meth:`finish_pass` instead of
+    ending quietly (which would turn validation, and the checkpoints that track it, off).
     """
 
-    def __init__(self, max_fraction: float, epoch_samples: int) -> None:
+    def __init__(self, max_fraction: float, epoch_samples: int, *, split: str = "train",
+                 require_samples: bool = False) -> None:
         if not 0.0 <= max_fraction <= 1.0:
             raise ValueError(f"max_corrupt_fraction must be in [0, 1], got {max_fraction}")
         self.max_fraction, self.epoch_samples = max_fraction, epoch_samples
+        self.split, self.require_samples = split, require_samples
         self.seen = 0
         self.corrupt = 0
+        self.reasons: Counter[str] = Counter()
         self.errors: list[str] = []
+        self.pass_seen = 0
+        self.pass_corrupt = 0
 
-    def update(self, batch: AvatarBatch) -> AvatarBatch:
-        """Count ``batch``'s skips, record the running totals in ``batch.corrupt``; raise past the budget."""
-        skipped = batch.corrupt.skipped
-        self.corrupt += skipped
-        self.seen += batch.batch_size
-        self.errors = (self.errors + list(batch.corrupt.errors))[-5:]
-        batch.corrupt = dataclasses.replace(batch.corrupt, total=self.corrupt, samples_total=self.seen)
+    def start_pass(self) -> None:
+        """A new pass over the loader (an epoch, a validation run) begins."""
+        self.pass_seen = self.pass_corrupt = 0
+
+    def _count(self, counts: CorruptionCounts) -> None:
+        self.corrupt += counts.skipped
+        self.pass_corrupt += counts.skipped
+        reasons = getattr(counts, "reasons", None) or ({"unknown": counts.skipped} if counts.skipped else {})
+        self.reasons.update(reasons)
+        self.errors = (self.errors + list(counts.errors))[-5:]
+
+    def _check(self, skipped: int) -> None:
         denominator = max(self.seen + self.corrupt, self.epoch_samples)
         if skipped and self.corrupt > self.max_fraction * denominator:
             last = "\n  ".join(self.errors)
-            raise RuntimeError(f"{self.corrupt} corrupt samples skipped out of {self.seen + self.corrupt} read, more "
-                               f"than max_corrupt_fraction={self.max_fraction} of {denominator}; last errors:\n"
-                               f"  {last}")
+            read = self.seen + self.corrupt
+            raise RuntimeError(f"{self.split}: {self.corrupt} corrupt samples skipped out of {read} read (by reason: "
+                               f"{dict(sorted(self.reasons.items()))}), more than "
+                               f"max_corrupt_fraction={self.max_fraction} of {denominator}; last errors:\n  {last}")
+
+    def update(self, batch: AvatarBatch) -> AvatarBatch:
+        """Count ``batch``'s skips, record the running totals in ``batch.corrupt``; raise past the budget."""
+        c = batch.corrupt
+        self._count(c)
+        self.seen += batch.batch_size
+        self.pass_seen += batch.batch_size
+        batch.corrupt = SkipCounts(skipped=c.skipped, errors=list(c.errors), total=self.corrupt,
+                                   samples_total=self.seen, reasons=dict(getattr(c, "reasons", {}) or {}),
+                                   reasons_total=dict(self.reasons))
+        self._check(c.skipped)
         return batch
 
+    def record(self, counts: CorruptionCounts) -> None:
+        """Count skips that arrive without a batch; raise past the budget."""
+        self._count(counts)
+        self._check(counts.skipped)
 
-__all__ = ["PAD_LOG_SCALE", "CorruptionMonitor", "collate"]
+    def finish_pass(self) -> None:
+        """The pass ended: with ``require_samples``, fail if it yielded no sample."""
+        if self.require_samples and self.pass_seen == 0:
+            last = "\n  ".join(self.errors) or "(none)"
+            raise RuntimeError(f"the {self.split!r} split yielded no sample: {self.pass_corrupt} corrupt samples were "
+                               f"skipped (skip_corrupt) and none was left to evaluate; fix or remove the broken shards "
+                               f"(`avp data validate`). Last errors:\n  {last}")
+
+
+__all__ = ["PAD_LOG_SCALE", "CorruptionMonitor", "SkipCounts", "collate"]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avp.data.schema import decode_meta, decode_sample
+from avp.data.schema import ShardExpectation, decode_meta, decode_sample
 from avp.types import HEAD_PARAM_FIELDS, Cameras, HeadParams
 
 
@@ -101,12 +101,15 @@ def to_float(img: np.ndarray) -> torch.Tensor:
 
 
 def sample_to_item(raw: dict[str, bytes], rng: np.random.Generator, *, frames_per_sample: int,
-                   views_per_sample: int, image_size: int | None) -> ClipItem:
+                   views_per_sample: int, image_size: int | None,
+                   expect: ShardExpectation | None = None) -> ClipItem:
     """Decode one raw sample, drawing ``frames_per_sample`` frames and ``views_per_sample`` views with ``rng``
     (``meta.json`` is parsed once, here); ``image_size``: square size of the frames (pad to square with the clip's
-    background, then resize), None keeps them. No frame is decoded when either count is 0."""
+    background, then resize), None keeps them. No frame is decoded when either count is 0. ``expect``: what the
+    manifest says about the sample's shard (checked against ``meta.json``). Every member the item uses is validated
+    (:func:`avp.data.schema.decode_sample`); a problem raises ``ShardError``."""
     shard = raw.get("__shard__", b"").decode() or None
-    meta = decode_meta(raw, shard=shard)
+    meta = decode_meta(raw, shard=shard, expect=expect)
     decode_frames = frames_per_sample > 0 and views_per_sample > 0
     fi = _choose(meta["frames"], frames_per_sample, rng)
     vi = _choose(meta["views"], views_per_sample, rng)

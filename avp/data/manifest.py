@@ -113,13 +113,13 @@ def assign_splits(n_subjects: int, fractions: dict[str, float], seed: int) -> li
 
 def check_disjoint_subjects(shards: Sequence[ShardInfo], where: str = "manifest") -> None:
     """Raise ``ValueError`` when a subject appears in two splits (the split is by subject)."""
-    seen: dict[str, str] = {}
+    seen: dict[str, ShardInfo] = {}
     for s in shards:
         for subject in s.subjects:
-            other = seen.setdefault(subject, s.split)
-            if other != s.split:
-                raise ValueError(f"{where}: subject {subject!r} appears in splits {other!r} and {s.split!r} "
-                                 f"(shard {s.path!r}); splits must be by subject")
+            other = seen.setdefault(subject, s)
+            if other.split != s.split:
+                raise ValueError(f"{where}: subject {subject!r} appears in splits {other.split!r} and {s.split!r} "
+                                 f"(shards {other.path!r} and {s.path!r}); splits must be by subject")
 
 
 def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
@@ -165,12 +165,14 @@ def index_directory(root: str | os.PathLike, *, created_by: dict[str, Any] | Non
                     progress: bool = False, partial: bool = False) -> Manifest:
     """Rebuild ``shards.json`` from the ``*.tar`` files under ``root`` (e.g. after parallel ``avp data convert``
     runs with ``--no-index``): reads every sample's ``meta.json`` for its split, subject and head model, and hashes
-    every shard. Raises :class:`~avp.data.schema.ShardError` on a broken shard and ``ValueError`` when shards
-    disagree (head model, mixed splits inside one shard, a subject in two splits), or when ``root`` holds an
-    interrupted ``avp data synth`` (:data:`SYNTH_PROGRESS`) and ``partial`` is not set."""
+    every shard. Raises :class:`~avp.data.schema.ShardError` on a broken shard, a bad ``meta.json`` or a sample key
+    that appears twice (in one shard or in two), and ``ValueError`` when shards disagree (head model, mixed splits
+    inside one shard, a subject in two splits), or when ``root`` holds an interrupted ``avp data synth``
+    (:data:`SYNTH_PROGRESS`) and ``partial`` is not set."""
     from tqdm import tqdm
 
-    from avp.data.reader import ShardRef, iter_raw_samples
+    from avp.data.layout import REASON_DUPLICATE, REASON_MANIFEST
+    from avp.data.reader import ShardRef, file_sha256, iter_raw_samples
     from avp.data.schema import ShardError, decode_meta
 
     root = Path(root)
@@ -182,11 +184,17 @@ def index_directory(root: str | os.PathLike, *, created_by: dict[str, Any] | Non
         raise FileNotFoundError(f"{root}: no *.tar shards to index")
     shards: list[ShardInfo] = []
     head_model, n_faces = None, None
+    key_shard: dict[str, str] = {}  # sample key -> the shard holding it: a key twice would be counted twice
     for p in tqdm(tars, desc="index", unit="shard", disable=not progress):
         rel = p.relative_to(root).as_posix()
         ref = ShardRef(path=str(p), name=rel)
         splits, subjects, n = set(), [], 0
         for raw in iter_raw_samples(ref, verify=False):
+            key = raw["__key__"].decode()
+            if key in key_shard:
+                raise ShardError(rel, key, None, f"the sample key also appears in shard {key_shard[key]!r}; keys "
+                                                 "must be unique in a dataset", reason=REASON_DUPLICATE)
+            key_shard[key] = rel
             meta = decode_meta(raw, shard=rel)
             splits.add(meta["split"])
             if meta["subject"] not in subjects:
@@ -194,14 +202,12 @@ def index_directory(root: str | os.PathLike, *, created_by: dict[str, Any] | Non
             if head_model is None:
                 head_model, n_faces = meta["head_model"], meta["n_faces"]
             elif (meta["head_model"], meta["n_faces"]) != (head_model, n_faces):
-                raise ShardError(rel, raw["__key__"].decode(), "meta.json",
-                                 f"head model {meta['head_model']!r} ({meta['n_faces']} faces) differs from "
-                                 f"{head_model!r} ({n_faces} faces) in earlier shards")
+                raise ShardError(rel, key, "meta.json", f"head model {meta['head_model']!r} ({meta['n_faces']} "
+                                 f"faces) differs from {head_model!r} ({n_faces} faces) in earlier shards",
+                                 "head_model", reason=REASON_MANIFEST)
             n += 1
         if len(splits) != 1:
             raise ValueError(f"{rel}: a shard must hold one split, found {sorted(splits) or 'no samples'}")
-        from avp.data.reader import file_sha256
-
         shards.append(ShardInfo(path=rel, split=splits.pop(), samples=n, sha256=file_sha256(p),
                                 bytes=p.stat().st_size, subjects=subjects))
     assert head_model is not None and n_faces is not None

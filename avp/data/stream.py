@@ -13,11 +13,18 @@ per pass and emits exactly ``max(1, samples_per_epoch // (world * workers * batc
 in order (sample-level split); with several ranks each worker pads its share by wrapping around, as
 ``DistributedSampler`` does, so the batch counts match across ranks.
 
-Corruption. With ``skip_corrupt=False`` (the default) any :class:`~avp.data.schema.ShardError` propagates and
-names shard/key/member. With ``skip_corrupt=True`` the sample (or the rest of a truncated shard) is skipped and
-counted; each batch carries ``corrupt.skipped`` (skips since the worker's previous batch) and ``corrupt.errors``
-(their messages), which the DataModule totals (:class:`~avp.data.collate.CorruptionMonitor`) and turns into a
-failure past ``max_corrupt_fraction``.
+Corruption. Every sample is validated (values included, and against the manifest) before it becomes an item, and
+every shard is checked (checksum, tar structure, duplicate keys) before its first sample is read
+(:mod:`avp.data.reader`). With ``skip_corrupt=False`` (the default) any :class:`~avp.data.schema.ShardError`
+propagates and names shard/key/member/field. With ``skip_corrupt=True`` the sample, or the whole shard, is skipped
+and counted (a shard as the samples of it this worker would have read), by reason; each batch carries
+``corrupt.skipped`` (skips since the worker's previous batch), ``corrupt.reasons`` and ``corrupt.errors`` (their
+messages), which the DataModule totals (:class:`~avp.data.collate.CorruptionMonitor`) and turns into a failure
+past ``max_corrupt_fraction``. The last batch of a pass carries every skip after it; a pass that yields no batch
+yields its :class:`~avp.data.collate.SkipCounts` alone, so no skip goes uncounted.
+
+Position. The training order is a function of ``(seed, epoch, rank, worker)`` only; :attr:`ClipStream.epoch` is the
+epoch of the next pass (the DataModule saves it in checkpoints, so a resumed run continues the sequence of orders).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import os
 import random
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -38,11 +45,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from avp.data.collate import collate
+from avp.data.collate import SkipCounts, collate
 from avp.data.item import ClipItem, sample_to_item
 from avp.data.reader import ShardRef, count_samples, iter_raw_samples
 from avp.data.schema import ShardError
-from avp.types import AvatarBatch, CorruptionCounts
+from avp.types import AvatarBatch
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +98,25 @@ class CorruptCounter:
         self.skip = skip
         self.pending = 0
         self.messages: list[str] = []
+        self.reasons: Counter[str] = Counter()
         self.total = 0
 
-    def handle(self, error: ShardError) -> None:
+    def handle(self, error: ShardError, samples: int = 1) -> None:
+        """Raise ``error``, or count ``samples`` skipped samples (a whole shard counts its samples)."""
         if not self.skip:
             raise error
-        self.pending += 1
-        self.total += 1
-        self.messages.append(str(error))
-        log.warning("skipping corrupt data: %s", error)
+        if samples <= 0:
+            return
+        self.pending += samples
+        self.total += samples
+        self.reasons[error.reason] += samples
+        self.messages.append(str(error) if samples == 1 else f"{error} ({samples} samples skipped)")
+        log.warning("skipping corrupt data (%s, %d sample%s): %s", error.reason, samples, "s"[:samples != 1], error)
 
-    def take(self) -> CorruptionCounts:
+    def take(self) -> SkipCounts:
         """The skips since the previous call (what the next batch carries), and start counting anew."""
-        counts = CorruptionCounts(skipped=self.pending, errors=self.messages)
-        self.pending, self.messages = 0, []
+        counts = SkipCounts(skipped=self.pending, errors=self.messages, reasons=dict(self.reasons))
+        self.pending, self.messages, self.reasons = 0, [], Counter()
         return counts
 
 
@@ -116,7 +128,8 @@ class ClipStream(IterableDataset):
     """Batches of one split (an ``IterableDataset`` yielding :class:`AvatarBatch`; use ``batch_size=None``).
 
     ``rank``/``world_size`` are fixed when the stream is built (in the main process); worker identity comes from
-    ``torch.utils.data.get_worker_info()``. ``num_workers`` must equal the DataLoader's (it sizes the epoch).
+    ``torch.utils.data.get_worker_info()``. ``num_workers`` must equal the DataLoader's (it sizes the epoch). A pass
+    whose samples were all skipped yields one :class:`~avp.data.collate.SkipCounts` instead of batches.
     """
 
     def __init__(self, shards: Sequence[ShardRef], *, train: bool, batch_size: int, config: StreamConfig,
@@ -131,13 +144,26 @@ class ClipStream(IterableDataset):
         self.train, self.batch_size, self.cfg = train, batch_size, config
         self.num_workers = max(num_workers, 0)
         self.rank, self.world_size = rank, world_size
-        self.counts = [count_samples(s) for s in self.shards]
+        self.counts = [self._count(s) for s in self.shards]
+        self.offsets = [sum(self.counts[:i]) for i in range(len(self.counts))]
+        """Global index of each shard's first sample (sample-level splits and evaluation order)."""
         self.total = sum(self.counts)
         if self.total == 0:
             raise ValueError(f"ClipStream: the shards hold no samples ({[s.name for s in self.shards]})")
         self.samples_per_epoch = samples_per_epoch if samples_per_epoch is not None else self.total
+        self._expects = {ref.name: ref.expect for ref in self.shards}
         self.epoch = 0
-        self._local_iterations = 0
+        """The epoch of the next pass: it seeds the training order (each pass counts it up)."""
+
+    def _count(self, ref: ShardRef) -> int:
+        try:
+            return count_samples(ref)
+        except ShardError as e:
+            if not self.cfg.skip_corrupt:
+                raise
+            # unreadable headers: the reader refuses the shard and counts it as one skipped sample
+            log.warning("cannot count the samples of a corrupt shard: %s", e)
+            return 0
 
     # ---- sizing
     @property
@@ -166,49 +192,71 @@ class ClipStream(IterableDataset):
         return sum(self.batches_per_worker(w) for w in range(self._slots))
 
     # ---- iteration
-    def __iter__(self) -> Iterator[AvatarBatch]:
+    def __iter__(self) -> Iterator[AvatarBatch | SkipCounts]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if n_workers != self._slots:
             raise RuntimeError(f"ClipStream was built for {self._slots} worker slots but runs in {n_workers}; "
                                "pass the DataLoader's num_workers")
-        epoch = self.epoch + self._local_iterations
-        self._local_iterations += 1
+        epoch = self.epoch
+        self.epoch += 1
         counter = CorruptCounter(self.cfg.skip_corrupt)
         items = self._train_items(worker, epoch, counter) if self.train else self._eval_items(worker, counter)
+        # one full batch is held back until the next one is complete (or the pass ends), so that the last batch
+        # carries the skips that come after its samples
+        held: list[ClipItem] | None = None
         batch: list[ClipItem] = []
         for item in items:
             batch.append(item)
             if len(batch) == self.batch_size:
-                yield collate(batch, corrupt=counter.take())
-                batch = []
-        if batch:
-            yield collate(batch, corrupt=counter.take())
+                if held is not None:
+                    yield collate(held, corrupt=counter.take())
+                held, batch = batch, []
+        for rest in (held, batch):
+            if rest:
+                yield collate(rest, corrupt=counter.take())
+        if held is None and not batch:
+            yield counter.take()  # no sample at all: the skips still reach the monitor
 
-    def _raw(self, refs: Sequence[ShardRef], counter: CorruptCounter) -> Iterator[dict[str, bytes]]:
-        for ref in refs:
+    def _raw(self, order: Sequence[int], counter: CorruptCounter,
+             mine: Callable[[int], int] = lambda i: 1) -> Iterator[tuple[int, dict[str, bytes]]]:
+        """(global index, raw sample) of the shards ``order`` (indices into ``self.shards``) for the samples that
+        ``mine(index)`` claims (how many times); a refused shard is counted as the samples of it that were mine."""
+        for s in order:
+            ref, offset = self.shards[s], self.offsets[s]
+            index = offset
             try:
-                yield from iter_raw_samples(ref)
+                for raw in iter_raw_samples(ref):
+                    if mine(index):
+                        yield index, raw
+                    index += 1
             except ShardError as e:
-                counter.handle(e)
+                rest = range(index, offset + max(self.counts[s], index - offset + 1))
+                counter.handle(e, samples=sum(mine(i) for i in rest))
 
-    def _decode(self, raw: dict[str, bytes], rng: np.random.Generator, counter: CorruptCounter
-                ) -> ClipItem | None:
+    def _decode(self, raw: dict[str, bytes], rng: np.random.Generator, counter: CorruptCounter,
+                samples: int = 1) -> ClipItem | None:
+        """The item of ``raw``, or None when it is corrupt (counted as ``samples`` skips: the times it was wanted)."""
+        shard = raw.get("__shard__", b"").decode()
         try:
             return sample_to_item(raw, rng, frames_per_sample=self.cfg.frames_per_sample,
-                                  views_per_sample=self.cfg.views_per_sample, image_size=self.cfg.image_size)
+                                  views_per_sample=self.cfg.views_per_sample, image_size=self.cfg.image_size,
+                                  expect=self._expects.get(shard))
         except ShardError as e:
-            counter.handle(e)
+            counter.handle(e, samples=samples)
             return None
 
     def _train_items(self, worker: int, epoch: int, counter: CorruptCounter) -> Iterator[ClipItem]:
         slots = self.world_size * self._slots
         shard_level = len(self.shards) >= slots
+        everything = list(range(len(self.shards)))
         if shard_level:
-            mine = split_by_worker(split_by_node(self.shards, self.rank, self.world_size), worker, self._slots)
+            mine = split_by_worker(split_by_node(everything, self.rank, self.world_size), worker, self._slots)
+            claim: Callable[[int], int] = lambda i: 1
         else:
-            mine = list(self.shards)
-        slot = self.rank * self._slots + worker
+            mine = everything
+            slot = self.rank * self._slots + worker
+            claim = lambda i: int(i % slots == slot)
         seed = _seed(self.cfg.seed, epoch, self.rank, worker)
         rng_py = random.Random(seed)
         rng = np.random.default_rng(seed)
@@ -216,11 +264,9 @@ class ClipStream(IterableDataset):
         produced = 0
         while produced < quota:
             order = list(mine)
-            rng_py.shuffle(order)
-            if shard_level:
-                stream: Iterator[dict[str, bytes]] = self._raw(order, counter)
-            else:
-                stream = (raw for i, raw in enumerate(self._raw(self.shards, counter)) if i % slots == slot)
+            rng_py.shuffle(order)  # sample-level splits read every shard in order, but draw the same numbers
+            stream: Iterator[dict[str, bytes]] = (raw for _, raw in self._raw(order if shard_level else everything,
+                                                                              counter, claim))
             if self.cfg.shuffle_buffer > 1:
                 # webdataset's shuffle stage with our seeded rng (a full buffer before the first draw)
                 buffer = self.cfg.shuffle_buffer
@@ -237,7 +283,8 @@ class ClipStream(IterableDataset):
                     return
             if not got_any:
                 raise RuntimeError(f"rank {self.rank} worker {worker}: a full pass over its shards "
-                                   f"{[s.name for s in mine]} gave no readable sample ({counter.total} corrupt)")
+                                   f"{[self.shards[i].name for i in mine]} gave no readable sample "
+                                   f"({counter.total} corrupt)")
 
     def _eval_items(self, worker: int, counter: CorruptCounter) -> Iterator[ClipItem]:
         wanted = Counter(self._eval_indices(worker))
@@ -245,21 +292,18 @@ class ClipStream(IterableDataset):
             return
         order = sorted(wanted)
         out: dict[int, ClipItem] = {}
-        index = 0
-        for raw in self._raw(self.shards, counter):
-            if index in wanted:
-                key = raw["__key__"].decode()
-                rng = np.random.default_rng(_seed(self.cfg.seed, key))
-                item = self._decode(raw, rng, counter)
-                if item is not None:
-                    out[index] = item
-            index += 1
-            while order and (order[0] in out or order[0] < index):
+        for index, raw in self._raw(range(len(self.shards)), counter, lambda i: wanted.get(i, 0)):
+            rng = np.random.default_rng(_seed(self.cfg.seed, raw["__key__"].decode()))
+            item = self._decode(raw, rng, counter, samples=wanted[index])
+            if item is not None:
+                out[index] = item
+            # samples arrive in global order: every wanted index up to this one is final (a refused shard's never
+            # arrive)
+            while order and order[0] <= index:
                 i = order.pop(0)
-                if i in out:
-                    for _ in range(wanted[i]):
-                        yield out[i]
-                    del out[i]
+                for _ in range(wanted[i] if i in out else 0):
+                    yield out[i]
+                out.pop(i, None)
             if not order:
                 return
 

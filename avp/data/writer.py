@@ -120,9 +120,14 @@ class TarShardWriter:
 
 
 def _subject_of(members: dict[str, bytes]) -> str:
+    """The subject ``meta.json`` names (what the manifest lists per shard)."""
     import json
 
-    return str(json.loads(members[META])["subject"])
+    try:
+        return str(json.loads(members[META])["subject"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"sample {members['__key__'].decode()!r}: cannot read the subject from its {META} "
+                         f"({type(e).__name__}: {e}); write samples with avp.data.schema.encode_sample") from e
 
 
 class SplitShardWriter:

@@ -1,8 +1,9 @@
 """``AvatarDataModule``: multi-view head clip shards -> :class:`avp.types.AvatarBatch` for both training stages.
 
 The streaming logic lives in :mod:`avp.data.stream` (no Lightning); this module sizes the streams for DDP
-(rank and world size are read here, in the main process, after the process group exists), builds the loaders and
-checks the corruption budget. Each loader yields ``len(loader)`` batches per epoch on every rank.
+(rank and world size are read here, in the main process, after the process group exists), builds the loaders,
+checks the corruption budget, logs the skip counts and keeps the training stream's position in checkpoints. Each
+loader yields ``len(loader)`` batches per epoch on every rank.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Checkpoint
 from torch.utils.data import DataLoader
 
 from avp.data.collate import CorruptionMonitor
@@ -19,31 +21,42 @@ from avp.data.manifest import Manifest
 from avp.data.reader import ShardRef, iter_raw_samples, resolve_shards
 from avp.data.schema import decode_meta
 from avp.data.stream import ClipStream, StreamConfig, distributed_info
-from avp.types import AvatarBatch
+from avp.types import AvatarBatch, CorruptionCounts
 
 log = logging.getLogger(__name__)
 
 
 class EpochLoader(DataLoader):
-    """A ``DataLoader`` over a :class:`ClipStream` that advances the stream's epoch (fresh shuffles each epoch,
-    also with non-persistent workers) and feeds every batch through a :class:`CorruptionMonitor`."""
+    """A ``DataLoader`` over a :class:`ClipStream` that gives each pass its epoch (fresh shuffles each epoch, also
+    with non-persistent workers) and feeds every batch through a :class:`CorruptionMonitor`.
 
-    def __init__(self, dataset: ClipStream, *args: Any, monitor: CorruptionMonitor | None = None,
+    ``epoch`` is the epoch of the next pass: the DataModule saves it in checkpoints and restores it, so a resumed run
+    continues with the orders the interrupted one had not used yet.
+    """
+
+    def __init__(self, dataset: ClipStream, *args: Any, monitor: CorruptionMonitor | None = None, epoch: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(dataset, *args, **kwargs)
         self.monitor = monitor
-        self._epochs_started = 0
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[AvatarBatch]:  # type: ignore[override]
         stream = self.dataset
         assert isinstance(stream, ClipStream)
-        if self.num_workers > 0 and not self.persistent_workers:
-            # fresh worker copies each epoch: tell them which epoch it is (persistent or in-process streams count
-            # their own iterations)
-            stream.epoch = self._epochs_started
-        self._epochs_started += 1
-        for batch in super().__iter__():
-            yield self.monitor.update(batch) if self.monitor is not None else batch
+        # in-process streams and fresh worker copies take the epoch from here; persistent workers got it with their
+        # copy of the stream at the first pass and count on from there, pass by pass, as this counter does
+        stream.epoch = self.epoch
+        self.epoch += 1
+        if self.monitor is not None:
+            self.monitor.start_pass()
+        for out in super().__iter__():
+            if isinstance(out, CorruptionCounts):  # a pass without samples reports its skips alone
+                if self.monitor is not None:
+                    self.monitor.record(out)
+                continue
+            yield self.monitor.update(out) if self.monitor is not None else out
+        if self.monitor is not None:
+            self.monitor.finish_pass()
 
 
 class AvatarDataModule(LightningDataModule):
@@ -63,12 +76,20 @@ class AvatarDataModule(LightningDataModule):
         samples_per_epoch: training samples per epoch over all ranks (default: the split's sample count); every rank
             yields ``max(1, samples_per_epoch // (world * workers * batch_size)) * workers`` full batches
             (``workers = max(num_workers, 1)``).
-        skip_corrupt: skip and count corrupt samples (``batch.corrupt.skipped``, running totals in
-            ``batch.corrupt.total``/``samples_total``) instead of raising.
+        skip_corrupt: skip and count corrupt samples and shards (``batch.corrupt.skipped`` by reason, running totals
+            in ``batch.corrupt.total``/``samples_total``/``reasons_total``) instead of raising. A fit then logs the
+            counts (:class:`CorruptSamplesLogger`, added unless the trainer has one): ``train/data_corrupt_skipped``
+            and ``train/data_corrupt/<reason>``, ``val/data_corrupt_skipped`` per validation run.
         max_corrupt_fraction: with ``skip_corrupt``, fail once more than this fraction of the samples (of the larger
-            of samples read and one epoch) was corrupt.
+            of samples read and one epoch) was corrupt; checked on every loader (train, val, test, predict). An
+            evaluation loader whose pass yields no sample at all fails too, naming the last errors.
         pin_memory, persistent_workers: as in ``torch.utils.data.DataLoader``.
         seed: drives shard order, the shuffle buffer and the frame/view draws.
+
+    The training stream's position (the epoch of its next pass, which with ``seed`` fixes the order) is saved in
+    checkpoints (:meth:`state_dict`) and restored on resume: a resumed run continues the sequence of orders instead
+    of starting again at epoch 0's. Resuming mid-epoch draws the rest of that epoch from the next order (the
+    samples of the interrupted epoch's first part are not replayed first).
     """
 
     def __init__(self, root: str, *, train_split: str = "train", val_split: str = "val", test_split: str = "test",
@@ -94,6 +115,8 @@ class AvatarDataModule(LightningDataModule):
         self._shards: dict[str, list[ShardRef]] = {}
         self._manifest: Manifest | None = None
         self._head_model: str | None = None
+        self._train_loader: EpochLoader | None = None
+        self._train_epoch = 0  # the next training pass's epoch until a train loader exists (then: its counter)
 
     # ------------------------------------------------------------------------------------------------ shards
     def shards(self, which: str) -> list[ShardRef]:
@@ -138,6 +161,39 @@ class AvatarDataModule(LightningDataModule):
                 self._try_shards(which)
             else:
                 self.shards(which)
+        self._add_corruption_logger()
+
+    def _add_corruption_logger(self) -> None:
+        """Skip counts go to the loggers (TensorBoard) by default, not only to WARNING lines: a trainer that skips
+        corrupt data gets a :class:`CorruptSamplesLogger` unless its callbacks have one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not self.config.skip_corrupt:
+            return
+        if any(isinstance(cb, CorruptSamplesLogger) for cb in trainer.callbacks):
+            return
+        # before the checkpoint callbacks, which Lightning keeps last
+        at = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), len(trainer.callbacks))
+        trainer.callbacks.insert(at, CorruptSamplesLogger())
+
+    # ------------------------------------------------------------------------------------------ stream position
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position, saved in checkpoints: the epoch of its next pass (and the seed that,
+        with it, fixes the order)."""
+        epoch = self._train_loader.epoch if self._train_loader is not None else self._train_epoch
+        return {"train_epoch": int(epoch), "seed": int(self.config.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training stream where the checkpoint's run left it."""
+        epoch = int(state_dict.get("train_epoch", 0))
+        if epoch < 0:
+            raise ValueError(f"AvatarDataModule state: train_epoch must be >= 0, got {epoch}")
+        saved_seed = state_dict.get("seed")
+        if saved_seed is not None and int(saved_seed) != self.config.seed:
+            log.warning("resuming with data seed %d, the checkpoint's run used %d: the sample order differs from "
+                        "the interrupted run's", self.config.seed, int(saved_seed))
+        self._train_epoch = epoch
+        if self._train_loader is not None:
+            self._train_loader.epoch = epoch
 
     # ------------------------------------------------------------------------------------------- dataloaders
     def stream(self, which: str) -> ClipStream:
@@ -152,15 +208,21 @@ class AvatarDataModule(LightningDataModule):
                           num_workers=self.num_workers, samples_per_epoch=self.samples_per_epoch if train else None,
                           rank=rank, world_size=world)
 
-    def _loader(self, which: str) -> EpochLoader:
+    def _loader(self, which: str, epoch: int = 0) -> EpochLoader:
         stream = self.stream(which)
         epoch_samples = stream.samples_per_epoch if stream.train else stream.total
-        monitor = CorruptionMonitor(self.max_corrupt_fraction, epoch_samples)
+        # an evaluation pass without a single sample would end quietly and switch validation (and every checkpoint
+        # that tracks a val metric) off: it fails instead
+        monitor = CorruptionMonitor(self.max_corrupt_fraction, epoch_samples, split=self.splits[which],
+                                    require_samples=not stream.train)
         return EpochLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                           persistent_workers=self.persistent_workers, monitor=monitor)
+                           persistent_workers=self.persistent_workers, monitor=monitor, epoch=epoch)
 
     def train_dataloader(self) -> EpochLoader:
-        return self._loader("train")
+        # a reloaded loader (reload_dataloaders_every_n_epochs) continues the previous one's epochs
+        epoch = self._train_loader.epoch if self._train_loader is not None else self._train_epoch
+        self._train_loader = self._loader("train", epoch=epoch)
+        return self._train_loader
 
     def val_dataloader(self) -> EpochLoader | list:
         if not self._try_shards("val"):
@@ -176,10 +238,26 @@ class AvatarDataModule(LightningDataModule):
 
 
 class CorruptSamplesLogger(Callback):
-    """Logs the running corrupt-sample total that training batches carry as ``train/data_corrupt_skipped``."""
+    """Logs the corrupt samples that ``skip_corrupt`` skipped, as the batches carry them.
+
+    Training: the running totals ``train/data_corrupt_skipped`` and ``train/data_corrupt/<reason>`` at every step.
+    Validation: ``val/data_corrupt_skipped``, the skips of each validation run (summed over ranks). The
+    :class:`AvatarDataModule` adds this callback to a trainer when ``skip_corrupt`` is on.
+    """
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if isinstance(batch, AvatarBatch) and batch.corrupt.total is not None:
-            pl_module.log("train/data_corrupt_skipped", float(batch.corrupt.total), on_step=True,
-                          on_epoch=False, batch_size=batch.batch_size)
+        if not isinstance(batch, AvatarBatch) or batch.corrupt.total is None:
+            return
+        metrics = {"train/data_corrupt_skipped": batch.corrupt.total}
+        for reason, count in (getattr(batch.corrupt, "reasons_total", None) or {}).items():
+            metrics[f"train/data_corrupt/{reason}"] = count
+        for name, value in metrics.items():
+            pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=batch.batch_size)
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking or not isinstance(batch, AvatarBatch):
+            return
+        pl_module.log("val/data_corrupt_skipped", float(batch.corrupt.skipped), on_step=False, on_epoch=True,
+                      reduce_fx="sum", sync_dist=True, batch_size=batch.batch_size)

@@ -1,13 +1,26 @@
-"""Random but valid clip samples and tiny datasets of them (no head model or renderer needed)."""
+"""Random but valid clip samples, tiny datasets of them (no head model or renderer needed), and edits of written
+shards."""
 
 from __future__ import annotations
 
+import io
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from avp.data.manifest import Manifest, write_manifest
-from avp.data.schema import CameraArrays, ClipSample, TeacherGaussians, encode_sample, make_meta, sample_key
+from avp.data.schema import (
+    CameraArrays,
+    ClipSample,
+    TeacherGaussians,
+    encode_sample,
+    make_meta,
+    npz_bytes,
+    sample_key,
+)
 from avp.data.writer import ShardInfo, write_shards
 from avp.types import HEAD_PARAM_FIELDS
 
@@ -77,3 +90,52 @@ def write_dataset(root: Path, splits: dict[str, int], *, per_shard: int = 1, see
     manifest = Manifest(root=root, head_model=HEAD_MODEL, n_faces=N_FACES, shards=infos)
     write_manifest(root, manifest)
     return manifest, samples
+
+
+# ------------------------------------------------------------------------------------------- editing written shards
+
+def rewrite_shard(root: Path, shard: str, edit: Callable[[dict[str, bytes]], None], *, update_sha: bool = True,
+                  index: int = 0) -> str:
+    """Re-write one shard of a dataset with ``edit`` applied to its ``index``-th sample (a writer bug, when the
+    manifest's checksum is updated; tampering, when it is not); returns that sample's key."""
+    from avp.data.manifest import read_manifest
+    from avp.data.reader import ShardRef, file_sha256, iter_raw_samples
+    from avp.data.writer import TarShardWriter
+
+    path = root / shard
+    raws = list(iter_raw_samples(ShardRef(path=str(path), name=shard), verify=False))
+    key = raws[index]["__key__"].decode()
+    edit(raws[index])
+    with TarShardWriter(path, split="train") as w:
+        for raw in raws:
+            w.add({k: v for k, v in raw.items() if k != "__shard__"})
+    if update_sha:
+        m = read_manifest(root)
+        for s in m.shards:
+            if s.path == shard:
+                s.sha256, s.bytes = file_sha256(path), path.stat().st_size
+        write_manifest(root, m)
+    return key
+
+
+def npz_edit(member: str, array: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict[str, bytes]], None]:
+    """An edit that replaces ``array`` of the npz ``member`` by ``fn(array)``."""
+
+    def edit(raw: dict[str, bytes]) -> None:
+        with np.load(io.BytesIO(raw[member])) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays[array] = fn(arrays[array])
+        raw[member] = npz_bytes(arrays)
+
+    return edit
+
+
+def meta_edit(**changes: Any) -> Callable[[dict[str, bytes]], None]:
+    """An edit that sets fields of ``meta.json`` (``json.dumps`` writes NaN as ``NaN``, as a buggy writer would)."""
+
+    def edit(raw: dict[str, bytes]) -> None:
+        meta = json.loads(raw["meta.json"])
+        meta.update(changes)
+        raw["meta.json"] = json.dumps(meta).encode()
+
+    return edit
