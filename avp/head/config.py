@@ -20,4 +20,5 @@ class HeadConfig:
     flame_masks_path: str | None = None
     """FLAME only, optional: ``FLAME_masks.pkl`` (FLAME's vertex masks) to derive semantic ``face_regions``."""
     flame_version: str | None = None
-    """FLAME only: version recorded in the model name (``"2020"``, ``"2023"``); None reads it from the file name."""
+    """FLAME only: the release (``"2020"`` or ``"2023"``), recorded in the model name and shards and checked against
+    the fits converted with it; None reads it from the file name (``flame2023.pkl``, ``generic_model.pkl`` = 2020)."""

@@ -16,6 +16,14 @@ and back), 168 triangles appended after FLAME's 9,976 in its order (upper teeth 
 entirely to the neck joint and lower teeth to the jaw, identity blendshapes copied from the mean of the two lip
 rings, expression blendshapes, pose correctives and joint-regressor columns zero. Total 5,143 vertices and 10,144
 faces, so GaussianAvatars' ``binding`` indices are valid unchanged.
+
+Releases. FLAME 2020 (``generic_model.pkl``) and FLAME 2023 (``flame2023.pkl``) share the topology but not the
+template, blendshapes or skinning, and neither file names its release inside, so the release is read from the file
+name (or given as ``HeadConfig.flame_version``) and kept as ``HeadModel.flame_version``. Tracked parameters, static
+offsets and GaussianAvatars fits only make sense on the release they were made with; :func:`check_flame_version`
+refuses another one, naming the model file and both releases. GaussianAvatars' pre-processed data relies on
+FLAME 2023 (its ``doc/download.md``) and VHAP loads ``flame2023.pkl`` by default (``FLAME_MODEL_PATH`` in
+``vhap/model/flame.py``), in ShenhanQian/GaussianAvatars and ShenhanQian/VHAP.
 """
 
 from __future__ import annotations
@@ -34,12 +42,16 @@ from avp.head.model import FLAME_PARENTS, JOINT_NAMES, HeadAssets
 __all__ = [
     "FLAME_N_FACES",
     "FLAME_N_VERTICES",
+    "FLAME_VERSIONS",
     "FlameFileError",
+    "FlameVersionError",
     "LIP_OUTSIDE_RING_LOWER",
     "LIP_OUTSIDE_RING_UPPER",
     "N_TEETH_FACES",
     "N_TEETH_VERTICES",
     "add_teeth",
+    "check_flame_version",
+    "flame_version_from_path",
     "load_flame_assets",
     "read_flame_pickle",
     "teeth_faces",
@@ -48,6 +60,7 @@ __all__ = [
 FLAME_N_VERTICES = 5023
 FLAME_N_FACES = 9976
 FLAME_N_SHAPE_DIRS = 300
+FLAME_VERSIONS = ("2020", "2023")
 N_TEETH_VERTICES = 120
 N_TEETH_FACES = 168
 _TEETH_COLUMNS = 15
@@ -74,6 +87,10 @@ FLAME_MASK_REGIONS = {
 
 class FlameFileError(ValueError):
     """A FLAME (or FLAME masks) file that cannot be used; the message names the file and the key."""
+
+
+class FlameVersionError(ValueError):
+    """Something made with one FLAME release used with a head model of another (or of an unknown) release."""
 
 
 class _ChumpyStandIn:
@@ -168,11 +185,39 @@ def _checked(data: dict[str, Any], key: str, path: Path, shape: tuple[int | None
     return arr
 
 
-def _version_from_name(path: Path) -> str:
-    match = re.search(r"(20\d\d)", path.name)
-    if match:
-        return match.group(1)
+def flame_version_from_path(path: str | os.PathLike) -> str:
+    """The FLAME release a model file's name says (``flame2023.pkl``, ``FLAME2020/generic_model.pkl``): ``"2020"`` or
+    ``"2023"``; FLAME 2020's ``generic_model.pkl`` is 2020; ``""`` when neither the name nor its folder says."""
+    path = Path(path)
+    for name in (path.name, path.parent.name):
+        match = re.search(r"(?<!\d)(20\d\d)(?!\d)", name)
+        if match:
+            return match.group(1) if match.group(1) in FLAME_VERSIONS else ""
     return "2020" if path.name == "generic_model.pkl" else ""
+
+
+def check_flame_version(head: Any, expected: str | None, *, what: str) -> None:
+    """Refuse ``head`` for something (``what``: a fit, a parameter file) made with FLAME release ``expected``.
+
+    None skips the check. The error names ``what``, the head model's file and both releases.
+    """
+    if expected is None:
+        return
+    expected = str(expected)
+    if expected not in FLAME_VERSIONS:
+        raise ValueError(f"{what}: the FLAME version must be one of {list(FLAME_VERSIONS)}, got {expected!r}")
+    actual = getattr(head, "flame_version", None)
+    source = getattr(head, "source", None) or f"head model {head.name!r}"
+    if actual is None:
+        raise FlameVersionError(f"{what} was made with FLAME {expected}, but the head model {head.name!r} is not a "
+                                f"FLAME model; build it from the FLAME {expected} file (head.flame_path)")
+    if actual == "":
+        raise FlameVersionError(f"{what} was made with FLAME {expected}, but which FLAME release {source} is cannot be "
+                                "told from its name; set the head config's flame_version ('2020' or '2023') or "
+                                f"name the file flame{expected}.pkl")
+    if actual != expected:
+        raise FlameVersionError(f"{what} was made with FLAME {expected}, but the head model {head.name!r} is FLAME "
+                                f"{actual} ({source}); use the FLAME {expected} model file it was made with")
 
 
 def load_flame_assets(
@@ -214,7 +259,11 @@ def load_flame_assets(
         raise FlameFileError(f"{path}: the teeth extension needs FLAME's topology ({FLAME_N_VERTICES} vertices, "
                              f"{FLAME_N_FACES} faces); this file has {V} vertices and {faces.shape[0]} faces "
                              "(set teeth=False for other meshes)")
-    version = _version_from_name(path) if version is None else str(version)
+    if version is None:
+        version = flame_version_from_path(path)
+    elif str(version) not in FLAME_VERSIONS:
+        raise FlameFileError(f"{path}: flame_version must be one of {list(FLAME_VERSIONS)}, got {version!r}")
+    version = str(version)
     assets = HeadAssets(
         name=f"flame{version}" + ("+teeth" if teeth else ""),
         v_template=v_template,
@@ -227,6 +276,8 @@ def load_flame_assets(
         faces=faces,
         parents=FLAME_PARENTS,
         joint_names=JOINT_NAMES,
+        flame_version=version,
+        source=str(path),
     )
     vertex_masks = _read_masks(Path(masks_path), V) if masks_path is not None else {}
     if teeth:
@@ -317,6 +368,8 @@ def add_teeth(assets: HeadAssets) -> HeadAssets:
         parents=assets.parents,
         joint_names=assets.joint_names,
         face_regions=regions,
+        flame_version=assets.flame_version,
+        source=assets.source,
     )
 
 

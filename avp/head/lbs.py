@@ -1,9 +1,16 @@
 """Linear blend skinning as FLAME defines it (the SMPL family's ``lbs``), batched over any leading dims.
 
-``v_shaped = v_template + shapedirs . shape + exprdirs . expr``; joints are regressed from ``v_shaped``; pose
-correctives ``posedirs . (R_j - I)`` (joints 1..J-1) are added; then each vertex moves by the weighted sum of its
-joints' rest-to-posed transforms. Global translation is folded into the returned transforms, so
-``vertices == sum_j w_j * transforms_j @ [v_posed; 1]`` exactly.
+``v_shaped = v_template + shapedirs . shape + exprdirs . expr (+ static_offset)``; joints are regressed from
+``v_shaped``; pose correctives ``posedirs . (R_j - I)`` (joints 1..J-1) are added; then each vertex moves by the
+weighted sum of its joints' rest-to-posed transforms.
+
+A tracked subject's **static offset** (per-vertex ``[V, 3]`` displacements in canonical space, VHAP's and
+GaussianAvatars' ``static_offset``) belongs to ``v_shaped``: both add it to the template plus blendshapes before joint
+regression, pose correctives and skinning (``FlameHead.forward`` in ShenhanQian/GaussianAvatars
+``flame_model/flame.py``: ``v_shaped += static_offset`` then ``lbs``), so the head is posed on the tracked mesh.
+
+Global translation is folded into the returned transforms, so ``vertices == sum_j w_j * transforms_j @ [v_posed; 1]``
+exactly.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ class HeadOutput(TensorContainer):
     transforms: Tensor
     """``[..., J, 4, 4]`` rest-to-posed skinning transform of every joint (translation applied)."""
     v_shaped: Tensor
-    """``[..., V, 3]`` rest vertices with shape and expression blendshapes, before pose correctives and skinning."""
+    """``[..., V, 3]`` rest vertices with shape and expression blendshapes (and the static offset, when given), before
+    pose correctives and skinning."""
 
 
 def blend_shapes(coeffs: Tensor, dirs: Tensor) -> Tensor:
@@ -109,6 +117,7 @@ def lbs(
     weights: Tensor,
     posedirs: Tensor | None = None,
     translation: Tensor | None = None,
+    static_offset: Tensor | None = None,
 ) -> HeadOutput:
     """FLAME's skinning.
 
@@ -120,7 +129,14 @@ def lbs(
         weights: ``[V, J]`` skinning weights.
         posedirs: ``[(J-1) * 9, V * 3]`` pose-corrective blendshapes, or None for none.
         translation: ``[..., 3]`` added after skinning.
+        static_offset: ``[..., V, 3]`` (broadcast against ``v_shaped``) added to ``v_shaped`` before everything else:
+            joints, correctives and skinning all see the offset mesh (the returned ``v_shaped`` includes it).
     """
+    if static_offset is not None:
+        if static_offset.shape[-2:] != v_shaped.shape[-2:]:
+            raise ValueError(f"lbs: static_offset must be [..., {v_shaped.shape[-2]}, 3] like the vertices, got "
+                             f"{list(static_offset.shape)}")
+        v_shaped = v_shaped + static_offset
     joints_rest = J_regressor @ v_shaped  # [..., J, 3]
     v_posed = v_shaped
     if posedirs is not None:

@@ -5,6 +5,11 @@ correctives, a joint regressor and linear blend skinning over the kinematic tree
 right eye}. Both sources produce a :class:`HeadAssets` (plain arrays); :class:`HeadModel` turns it into a torch
 module whose buffers follow ``.to()`` and whose methods also accept inputs on another device or dtype (the buffers
 are converted once per device/dtype and cached).
+
+Posing, the neutral head and binding take an optional per-subject ``static_offset [..., V, 3]`` (VHAP's and
+GaussianAvatars' tracked per-vertex displacements, stored in shards made from such fits): it is added to the shaped
+template before joint regression, pose correctives and skinning, as both do (see :mod:`avp.head.lbs`), so a tracked
+subject is posed and bound on its tracked mesh.
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ class HeadAssets:
     joint_names: tuple[str, ...] = JOINT_NAMES
     face_regions: dict[str, np.ndarray] = field(default_factory=dict)
     """Semantic regions: region name -> face indices."""
+    flame_version: str | None = None
+    """FLAME models: the release (``"2020"``, ``"2023"``; ``""`` when it cannot be told); None for other heads."""
+    source: str | None = None
+    """The file the model was read from (FLAME), for error messages; None for generated heads."""
 
 
 class _DeviceCache:
@@ -92,6 +101,10 @@ class HeadModel(nn.Module):
         if not 0 <= n_expr <= E_all:
             raise ValueError(f"{assets.name}: n_expr={n_expr} but the model has {E_all} expression components")
         self.name = assets.name
+        self.flame_version = assets.flame_version
+        """FLAME release (``"2020"``/``"2023"``, ``""`` unknown) or None when the head is not FLAME."""
+        self.source = assets.source
+        """The FLAME file the model was read from (None for the built-in head)."""
         self.joint_names = tuple(assets.joint_names)
         self.parents = [int(p) for p in assets.parents]
         f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
@@ -175,21 +188,42 @@ class HeadModel(nn.Module):
         pose = torch.cat([params.global_rot, params.neck_pose, params.jaw_pose, params.eyes_pose], dim=-1)
         return axis_angle_to_matrix(pose.unflatten(-1, (self.n_joints, 3)))
 
-    def forward(self, params: HeadParams) -> HeadOutput:
-        """Posed mesh: ``vertices [..., V, 3]``, ``joints [..., J, 3]``, ``transforms [..., J, 4, 4]``."""
+    def check_static_offset(self, static_offset: Tensor | None, like: Tensor) -> Tensor | None:
+        """``static_offset [..., V, 3]`` checked and on ``like``'s device and dtype (None passes through)."""
+        if static_offset is None:
+            return None
+        if static_offset.dim() < 2 or tuple(static_offset.shape[-2:]) != (self.n_vertices, 3):
+            raise ValueError(f"{self.name}: static_offset must be [..., {self.n_vertices}, 3] (one offset per vertex "
+                             f"of the model), got {list(static_offset.shape)}")
+        if not static_offset.is_floating_point():
+            raise ValueError(f"{self.name}: static_offset must be floating point, got {static_offset.dtype}")
+        dtype = like.dtype if like.is_floating_point() else self.v_template.dtype
+        return static_offset.to(device=like.device, dtype=dtype)
+
+    def forward(self, params: HeadParams, static_offset: Tensor | None = None) -> HeadOutput:
+        """Posed mesh: ``vertices [..., V, 3]``, ``joints [..., J, 3]``, ``transforms [..., J, 4, 4]``.
+
+        ``static_offset``: ``[..., V, 3]`` per-vertex offsets of the subject's tracked mesh, broadcast against the
+        parameters' leading dims (``[B, 1, V, 3]`` for ``[B, T]`` frames of ``B`` subjects); added to the shaped
+        template before joint regression, pose correctives and skinning (VHAP/GaussianAvatars' FLAME).
+        """
         self._check_params(params)
         t = self.tensors(params.global_rot)
         v_shaped = t["v_template"] + blend_shapes(params.shape, t["shapedirs"]) + blend_shapes(params.expr,
                                                                                               t["exprdirs"])
         return lbs(v_shaped, self.pose_matrices(params), J_regressor=t["J_regressor"], parents=self.parents,
-                   weights=t["lbs_weights"], posedirs=t["posedirs"], translation=params.translation)
+                   weights=t["lbs_weights"], posedirs=t["posedirs"], translation=params.translation,
+                   static_offset=self.check_static_offset(static_offset, params.global_rot))
 
-    def canonical(self, shape: Tensor) -> Tensor:
-        """``shape [..., S]`` -> the subject's neutral head ``[..., V, 3]`` (zero expression and pose)."""
+    def canonical(self, shape: Tensor, static_offset: Tensor | None = None) -> Tensor:
+        """``shape [..., S]`` -> the subject's neutral head ``[..., V, 3]`` (zero expression and pose), plus its
+        ``static_offset [..., V, 3]`` when given (the tracked neutral mesh)."""
         if shape.shape[-1] != self.n_shape:
             raise ValueError(f"{self.name}: shape must be [..., {self.n_shape}], got {tuple(shape.shape)}")
         t = self.tensors(shape)
-        return t["v_template"] + blend_shapes(shape, t["shapedirs"])
+        verts = t["v_template"] + blend_shapes(shape, t["shapedirs"])
+        offset = self.check_static_offset(static_offset, shape)
+        return verts if offset is None else verts + offset
 
     def canonical_bounds(self) -> Tensor:
         """``[2, 3]`` (lo, hi) box holding canonical heads of plausible shapes plus :data:`HAIR_MARGIN`.
@@ -199,17 +233,18 @@ class HeadModel(nn.Module):
         """
         return self._bounds.clone()
 
-    def rig(self, face_idx: Tensor, points: Tensor, shape: Tensor) -> PointRig:
+    def rig(self, face_idx: Tensor, points: Tensor, shape: Tensor, static_offset: Tensor | None = None) -> PointRig:
         """Bind canonical points to triangles (see :func:`avp.head.rig.bind_points`); the expensive, once-only step.
 
         Args:
             face_idx: ``[B, N]`` long, triangle of every point.
             points: ``[B, N, 3]`` canonical positions (the subject's neutral head space).
             shape: ``[B, S]`` the subject's shape coefficients.
+            static_offset: ``[B, V, 3]`` the subjects' tracked per-vertex offsets, or None (zero).
         """
         from avp.head.rig import bind_points
 
-        return bind_points(self, face_idx, points, shape)
+        return bind_points(self, face_idx, points, shape, static_offset)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, vertices={self.n_vertices}, faces={self.n_faces}, shape={self.n_shape}, "

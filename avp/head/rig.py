@@ -11,6 +11,11 @@ work, with no gathers: all per-point tables are built here.
 The Gaussian's orientation follows the blended skinning rotation: the polar (nearest-rotation) factor of the blended
 linear part ``sum_j w_j R_j``.
 
+A tracked subject's ``static_offset [B, V, 3]`` (VHAP/GaussianAvatars) is part of its neutral mesh: points are
+projected onto the offset mesh, the rest joints are regressed from it, and face-frame posing poses the offset mesh,
+as GaussianAvatars does (see :mod:`avp.head.lbs`). The rig keeps the offset, so :meth:`PointRig.deform` needs nothing
+more per frame.
+
 ``mode="face_frame"`` is GaussianAvatars' rigid attachment instead: the point keeps its coordinates in its
 triangle's frame (:mod:`avp.head.frames`), so it follows the triangle's centre, orientation and scale; Gaussian
 scales are multiplied by the frame's scale change.
@@ -130,6 +135,8 @@ class PointRig(TensorContainer):
     """``[B, S]`` the subject's shape coefficients."""
     model: HeadModel
     """The head model the points are bound to."""
+    static_offset: Tensor | None = None
+    """``[B, V, 3]`` the subjects' tracked per-vertex offsets the rig was built with (None: none)."""
 
     @property
     def batch_size(self) -> int:
@@ -211,8 +218,9 @@ class PointRig(TensorContainer):
     def _deform_face_frame(self, params: HeadParams, p: Tensor, B: int, T: int) -> DeformOutput:
         local = world_to_local_points(p, self.frames)  # [B, N, 3]
         shape = self.shape[:, None].expand(B, T, self.shape.shape[-1])
+        offset = None if self.static_offset is None else self.static_offset[:, None]  # [B, 1, V, 3]
         posed = self.model(HeadParams(shape, params.expr, params.global_rot, params.neck_pose, params.jaw_pose,
-                                      params.eyes_pose, params.translation))
+                                      params.eyes_pose, params.translation), static_offset=offset)
         faces = self.model.tensors(p)["faces"]
         frames_t = face_frames(posed.vertices, faces).gather(self.face_idx[:, None])  # [B, T, N]
         means = local_to_world_points(local[:, None], frames_t)
@@ -221,7 +229,8 @@ class PointRig(TensorContainer):
                             scale_factors=frames_t.scales / self.frames.scales[:, None])
 
 
-def bind_points(model: HeadModel, face_idx: Tensor, points: Tensor, shape: Tensor) -> PointRig:
+def bind_points(model: HeadModel, face_idx: Tensor, points: Tensor, shape: Tensor,
+                static_offset: Tensor | None = None) -> PointRig:
     """Build a :class:`PointRig`: project points onto their triangles and interpolate the per-vertex model data.
 
     Args:
@@ -229,6 +238,8 @@ def bind_points(model: HeadModel, face_idx: Tensor, points: Tensor, shape: Tenso
         face_idx: ``[B, N]`` long, triangle of each point, in ``[0, model.n_faces)``.
         points: ``[B, N, 3]`` canonical positions (the subject's neutral head space).
         shape: ``[B, S]`` the subject's shape coefficients.
+        static_offset: ``[B, V, 3]`` (or ``[V, 3]`` for all) the subjects' tracked per-vertex offsets, part of their
+            neutral mesh; None for none.
     """
     if points.dim() != 3 or points.shape[-1] != 3:
         raise ValueError(f"rig: points must be [B, N, 3], got {list(points.shape)}")
@@ -248,9 +259,15 @@ def bind_points(model: HeadModel, face_idx: Tensor, points: Tensor, shape: Tenso
         raise ValueError("rig: points hold NaN or infinite values")
     face_idx = face_idx.long()
     shape = shape.to(points.dtype)
+    offset = model.check_static_offset(static_offset, points)
+    if offset is not None:
+        if offset.dim() == 2:
+            offset = offset.expand(B, -1, -1)
+        if offset.shape[0] != B or offset.dim() != 3:
+            raise ValueError(f"rig: static_offset must be [B={B}, V, 3] or [V, 3], got {list(static_offset.shape)}")
     t = model.tensors(points)
     faces = t["faces"]
-    verts = model.canonical(shape)  # [B, V, 3]
+    verts = model.canonical(shape, offset)  # [B, V, 3], the tracked neutral mesh when there is an offset
     corner_ids = faces[face_idx]  # [B, N, 3]
     batch = torch.arange(B, device=points.device)[:, None, None]
     tri = verts[batch, corner_ids]  # [B, N, 3 corners, 3]
@@ -287,7 +304,7 @@ def bind_points(model: HeadModel, face_idx: Tensor, points: Tensor, shape: Tenso
     blended_cols = torch.nonzero(~rigid.all(0)).flatten()
     return PointRig(face_idx=face_idx, bary=bary, points=points, offsets=points - surface, weights=weights,
                     blend_dirs=torch.cat(blend, dim=1), joints=joints, joint_exprdirs=joint_exprdirs,
-                    blended=blended_cols, frames=frames, shape=shape, model=model)
+                    blended=blended_cols, frames=frames, shape=shape, model=model, static_offset=offset)
 
 
 def animate_gaussians(rig: PointRig, cloud: GaussianCloud, params: HeadParams,

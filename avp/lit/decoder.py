@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from avp.checkpoints import build_avatar_model, upgrade_decoder_state
 from avp.head import HeadConfig
 from avp.lit.optim import adamw_warmup_cosine
+from avp.lit.ranks import seed_rank, transfer_batch
 from avp.losses import LossTerms, LossWeights, RegConfig, total_loss
 from avp.metrics.image import PSNR, SSIM
 from avp.metrics.lpips import LPIPS, load_lpips
@@ -179,7 +180,8 @@ class DecoderModule(LightningModule):
         self.test_lpips = LPIPS(lpips_net, lpips_weights_path)
         self.last_visuals: dict[str, Tensor] = {}
         """``{"train": [V, 3, 3, H, W], "val": …}``: target, render, error of the first sample's first frame of the
-        latest step (for :class:`avp.lit.image_logging.DecoderImageLogger`)."""
+        latest step, detached, on the module's device (:class:`avp.lit.image_logging.DecoderImageLogger` copies them
+        to the CPU on rank 0 when it logs them; no step pays a device sync for a preview nobody logs)."""
 
         # checkpoints hold plain dicts (loadable with weights_only) and the generator's hyper-parameters, so they
         # rebuild without generator_ckpt; ``_class_path`` lets LightningCLI rebuild the module from ``--ckpt_path``
@@ -259,6 +261,7 @@ class DecoderModule(LightningModule):
                          total=total, rank=rank, world_size=world_size)
 
     def on_fit_start(self) -> None:
+        seed_rank(self.global_rank)  # training draws differ per rank, deterministic (avp.lit.ranks)
         if self.points_source != "generated_bank" or self.hparams.bank_fill_batch <= 0:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -282,7 +285,8 @@ class DecoderModule(LightningModule):
 
         ``use_teacher [B]`` bool: rows that take the teacher cloud instead (default: each with probability
         ``points_mix``); ``draw [B]`` long: which of the ``bank_samples`` clouds each row takes (default: uniform).
-        Both defaults draw from the global RNG (seeded by ``seed_everything``).
+        Both defaults draw from the global RNG (seeded by ``seed_everything``, reseeded per rank when fitting starts:
+        :mod:`avp.lit.ranks`).
         """
         B = batch.batch_size
         condition = self.model.encode_condition(batch.portrait, batch.portrait_head)
@@ -307,6 +311,9 @@ class DecoderModule(LightningModule):
                                   generator=generator, portrait_camera=batch.portrait_camera)
 
     # ------------------------------------------------------------------------------------------------ training
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return transfer_batch(batch, device)  # non_blocking: pinned batches copy asynchronously
+
     def loss_step(self, batch: AvatarBatch, points: TrainPointSource, generator: torch.Generator | None = None,
                   prepared: PointInputs | None = None) -> tuple[LossTerms, Tensor, Tensor, DecoderOutput]:
         """Decode, animate, render and score one batch -> (loss terms, renders and targets ``[B, T, V, 3, H, W]``,
@@ -335,7 +342,7 @@ class DecoderModule(LightningModule):
     def _keep_visuals(self, stage: str, rgb: Tensor, target: Tensor) -> None:
         r, t = rgb[0, 0].detach().float().clamp(0, 1), target[0, 0].detach().float()  # [V, 3, H, W]
         error = (r - t).abs().mean(1, keepdim=True).expand_as(r)
-        self.last_visuals[stage] = torch.stack([t, r, error], dim=1).cpu()  # [V, 3 panels, 3, H, W]
+        self.last_visuals[stage] = torch.stack([t, r, error], dim=1)  # [V, 3 panels, 3, H, W], on the device
 
     def training_step(self, batch: AvatarBatch, batch_idx: int) -> Tensor:
         terms, rgb, target, dec = self.loss_step(batch, self.points_source)

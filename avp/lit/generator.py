@@ -2,7 +2,9 @@
 
 Training cuts every teacher sequence into one random window of ``train_window`` input tokens (the paper: 12,000)
 starting at BOS or at a point boundary, with the condition always attached and the window's absolute positions
-(:func:`avp.models.generator.training_windows`); sequences that fit are trained whole. Validation computes the
+(:func:`avp.models.generator.training_windows`); sequences that fit are trained whole. Windows and the mesh
+encoder's surface samples come from the global RNG, which fitting reseeds per DDP rank from ``(seed, rank)``
+(:mod:`avp.lit.ranks`), so ranks draw different windows, reproducibly. Validation computes the
 teacher-forced loss and per-role accuracy with exactly the contexts sampling uses
 (:func:`avp.models.sampling.context_windows`), and every ``val_sample_every_n_epochs`` epochs samples clouds for the
 first ``val_sample_subjects`` validation subjects and logs Chamfer distance, F-score@tau, point-count ratio and binding
@@ -25,6 +27,8 @@ from torch import Tensor
 
 from avp.head import HeadConfig, load_head_model
 from avp.lit.optim import adamw_warmup_cosine
+from avp.lit.ranks import seed_rank, transfer_batch
+from avp.lit.tensorboard import scalar_step
 from avp.metrics.point_cloud import PointCloudMetrics, batch_point_cloud_metrics
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.encoders import ConditionConfig
@@ -131,7 +135,13 @@ class GeneratorModule(LightningModule):
 
             check_generator_fit(self)  # settings that parse but make no sense to train (avp.lit.config_rules)
 
+    def on_fit_start(self) -> None:
+        seed_rank(self.global_rank)  # windows and mesh samples differ per rank, deterministic (avp.lit.ranks)
+
     # ----------------------------------------------------------------------------------------------- batches
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return transfer_batch(batch, device)  # non_blocking: pinned batches copy asynchronously
+
     def _tokens_and_condition(self, batch: AvatarBatch) -> tuple[Tensor, Tensor, Tensor]:
         teacher = batch.teacher
         tokens, lengths = self.net.teacher_tokens(teacher.means, batch.binding, teacher.valid_mask())
@@ -278,7 +288,8 @@ class GeneratorModule(LightningModule):
         figure = cloud_figure(generated.float().cpu(), teacher.float().cpu(), subject)
         stage = "test" if self.trainer.testing else "val"
         for writer in writers:
-            writer.add_figure(f"{stage}/clouds", figure, global_step=self.global_step, close=False)
+            # at the step of the val scalars logged with it (avp.lit.tensorboard.scalar_step), not one to the right
+            writer.add_figure(f"{stage}/clouds", figure, global_step=scalar_step(self.trainer), close=False)
 
     # --------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:

@@ -45,16 +45,28 @@ class FID(Metric):
 
     ``update(images [B, 3, H, W] in 0..1, real: bool)``; ``compute()`` -> scalar tensor or ``Unavailable``.
     ``feature``: Inception feature size (2048 is the standard FID; 64/192/768 are the smaller taps).
+
+    Distributed: whether there are enough images is decided on the image counts summed over all processes (this
+    metric's own states, synced before :meth:`compute` runs), never on one process's, so every process calls the
+    inner FID's ``compute`` (a collective) or none does, also one that saw no image.
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = False
 
+    real_count: Tensor
+    fake_count: Tensor
+
     def __init__(self, weights_path: str | Path | None = None, feature: int = 2048, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.reason: str | None = None
         self._fid: list[Metric] = []
+        self.add_state("real_count", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("fake_count", default=torch.tensor(0), dist_reduce_fx="sum")
+        # the inner FID syncs over the same processes as this metric
+        self._sync_kwargs = {k: v for k, v in kwargs.items()
+                             if k in ("process_group", "dist_sync_fn", "distributed_available_fn", "sync_on_compute")}
         if weights_path is not None:
             file = Path(weights_path)
             if not file.is_file():
@@ -75,7 +87,8 @@ class FID(Metric):
             self.reason = "torch-fidelity is not installed (pip install torch-fidelity)"
             return
         try:
-            fid = FrechetInceptionDistance(feature=feature, normalize=True, feature_extractor_weights_path=str(file))
+            fid = FrechetInceptionDistance(feature=feature, normalize=True, feature_extractor_weights_path=str(file),
+                                           **self._sync_kwargs)
         except Exception as e:
             raise ValueError(f"cannot load FID Inception weights from {file}: {e}") from e
         self._fid.append(fid)
@@ -94,14 +107,18 @@ class FID(Metric):
         if _module_device(fid) != images.device:
             self._fid[0] = fid = fid.to(images.device)
         fid.update(images.float().clamp(0, 1), real=real)
+        if real:
+            self.real_count += images.shape[0]
+        else:
+            self.fake_count += images.shape[0]
 
     def compute(self) -> MetricValue | Tensor:
         if not self._fid:
             return Unavailable(self.reason or "FID is unavailable")
-        fid = self._fid[0]
-        if int(fid.real_features_num_samples) < 2 or int(fid.fake_features_num_samples) < 2:
+        # the counts are this metric's synced states: the same on every process
+        if int(self.real_count) < 2 or int(self.fake_count) < 2:
             return Unavailable("FID needs at least two real and two generated images")
-        return fid.compute()
+        return self._fid[0].compute()
 
     def reset(self) -> None:
         super().reset()

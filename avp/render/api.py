@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from typing import Literal
 
@@ -19,6 +20,17 @@ from avp.types import Cameras, GaussianCloud, RenderOutput
 
 Backend = Literal["auto", "torch", "gsplat", "reference"]
 BACKENDS = ("auto", "torch", "gsplat", "reference")
+CHECKS_ENV = "AVP_RENDER_CHECKS"
+"""Set to ``1`` to check values on accelerators too (one device-to-host sync per :func:`render` call; debugging)."""
+
+
+def wants_value_checks(check_values: bool | None, device: torch.device) -> bool:
+    """Whether :func:`render` checks the values of its inputs: as ``check_values`` says when given; by default on the
+    CPU (free: no device to wait for) and not on accelerators (the check reads a flag tensor back to the host, a sync
+    that stalls the pipeline every call) unless ``AVP_RENDER_CHECKS=1``."""
+    if check_values is not None:
+        return bool(check_values)
+    return device.type == "cpu" or os.environ.get(CHECKS_ENV, "") == "1"
 
 
 @functools.cache
@@ -81,7 +93,8 @@ def _check_cloud(cloud: GaussianCloud) -> None:
 
 
 def _check_values(cloud: GaussianCloud, Ks: Tensor, viewmats: Tensor) -> None:
-    """Finite values, non-zero quaternions, non-negative scales, opacities in [0, 1] (real splats only). One sync."""
+    """Finite values, non-zero quaternions, non-negative scales, opacities in [0, 1] (real splats only). One sync
+    (free on the CPU), so only where :func:`wants_value_checks` says."""
     valid = cloud.valid_mask()
 
     def bad(t: Tensor) -> Tensor:
@@ -184,6 +197,7 @@ def render(
     near: float = 0.01,
     far: float = 1e3,
     return_depth: bool = False,
+    check_values: bool | None = None,
 ) -> RenderOutput:
     """Render ``B`` avatars from ``V`` views; differentiable in every cloud field (and the background).
 
@@ -200,6 +214,10 @@ def render(
             ``torch`` (tiled CPU/GPU rasteriser), ``gsplat`` or ``reference`` (slow dense oracle).
         near, far: camera-depth range of splat centres that are drawn (``near <= z <= far``).
         return_depth: also render the alpha-normalised expected camera depth.
+        check_values: check the values (finite, unit-able quaternions, scales, opacities, focal lengths) and raise
+            the errors below; None (default) checks CPU inputs and skips the check on accelerators, where it would
+            sync the host on every call (set ``AVP_RENDER_CHECKS=1`` to check there too). Shapes, dtypes and devices
+            are always checked (no sync).
 
     Returns:
         ``RenderOutput`` with the cloud's batch (whatever the cameras' leading dims): rgb ``[B, V, 3, H, W]``, alpha
@@ -207,19 +225,20 @@ def render(
         the dtype of ``cloud.means`` (float16/bfloat16 clouds are rendered, and returned, in float32).
 
     Raises:
-        ValueError: naming the field, for mismatched shapes or batch sizes, non-finite values, zero quaternions,
-            negative scales, opacities outside [0, 1], a bad background, ``near``/``far`` or backend.
+        ValueError: naming the field, for mismatched shapes or batch sizes, a bad background, ``near``/``far`` or
+            backend, and (where values are checked) non-finite values, zero quaternions, negative scales, opacities
+            outside [0, 1], non-positive focal lengths.
 
     Autocast does not reach inside: an enclosing ``torch.autocast`` would run the projection and compositing matmuls
     in bf16/fp16 (colour errors up to ~0.3), so the float32 contract is kept by disabling it here.
     """
     with torch.autocast(cloud.means.device.type, enabled=False):
         return _render(cloud, cameras, background=background, backend=backend, near=near, far=far,
-                       return_depth=return_depth)
+                       return_depth=return_depth, check_values=check_values)
 
 
 def _render(cloud: GaussianCloud, cameras: Cameras, *, background: Tensor | float | None, backend: Backend,
-            near: float, far: float, return_depth: bool) -> RenderOutput:
+            near: float, far: float, return_depth: bool, check_values: bool | None = None) -> RenderOutput:
     _check_cloud(cloud)
     # One compute dtype: the means' (half precision is raised to float32: thresholds like T <= 1e-4 need it).
     dtype = cloud.means.dtype if cloud.means.dtype in (torch.float32, torch.float64) else torch.float32
@@ -237,7 +256,8 @@ def _render(cloud: GaussianCloud, cameras: Cameras, *, background: Tensor | floa
         rgb = bg[..., None, None].expand(B, V, 3, H, W).clone()
         alpha = cloud.means.new_zeros(B, V, 1, H, W)
         return RenderOutput(rgb=rgb, alpha=alpha, depth=alpha.clone() if return_depth else None)
-    _check_values(cloud, Ks, viewmats)
+    if wants_value_checks(check_values, cloud.means.device):
+        _check_values(cloud, Ks, viewmats)
     cloud = _sanitise(cloud)
     colors = splat_colors(cloud, viewmats)  # [B, V, N, 3]
 

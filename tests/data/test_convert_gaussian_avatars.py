@@ -268,3 +268,53 @@ def test_the_convert_verb_writes_a_shard_of_one_union_sequence(head, union_dirs,
     assert extra["union_sequence"] == folders[0].name and extra["principal_point"] == "calibrated"
     assert extra["flame_source"] == "gaussian_avatars" and extra["timesteps"] == list(range(T))
     np.testing.assert_allclose(sample.head["expr"], flame.expr[:T], atol=1e-6)
+
+
+def test_the_static_offset_travels_with_the_subject_and_poses_the_teacher_as_gaussian_avatars(
+        head, fixture_dirs) -> None:
+    """The sample carries the fit's static offset (``head["static_offset"]``, beside the shape); binding the teacher
+    on the tracked neutral mesh and posing it (face frames) with that offset gives GaussianAvatars' posed Gaussians:
+    ``R_f xyz s_f + c_f`` on the posed *offset* mesh, the one the frames were tracked on."""
+    import torch
+
+    from avp.types import HeadParams
+
+    ga, export, fit, flame = fixture_dirs
+    s = build_sample(head, ga, export, size=32, portrait_size=24)
+    offset = s.head["static_offset"]
+    assert offset.dtype == np.float32 and offset.shape == (head.n_vertices, 3) == flame.static_offset.shape[1:]
+    np.testing.assert_array_equal(offset, flame.static_offset[0])
+    assert s.meta["extra"]["static_offset"] is True
+    assert "static_offset" not in build_sample(head, ga, export, size=32, portrait_size=24,
+                                               static_offset=False).head
+
+    f64 = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))
+    shape, off = f64(s.head["shape"])[None], f64(offset)[None]
+    rig = head.rig(torch.from_numpy(s.gaussians.binding.astype(np.int64))[None], f64(s.gaussians.means)[None], shape,
+                   static_offset=off)
+    t = 1
+    p = HeadParams(shape[:, None], *(f64(s.head[k][t])[None, None] for k in
+                                     ("expr", "global_rot", "neck_pose", "jaw_pose", "eyes_pose", "translation")))
+    posed = head(p, static_offset=off[:, None]).vertices[0, 0].numpy()
+    expected, *_ = _ga_reference(posed, head.faces.numpy(), fit)
+    got = rig.deform(p, mode="face_frame").means[0, 0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_fits_flame_release_is_checked_and_recorded(head, fixture_dirs, tmp_path) -> None:
+    ga, export, fit, flame = fixture_dirs
+    s = build_sample(head, ga, export, size=32, portrait_size=24)  # GaussianAvatars/VHAP default: FLAME 2023
+    assert (s.meta["extra"]["flame_version"], s.meta["extra"]["fit_flame_version"]) == ("2023", "2023")
+    assert s.meta["head_model"] == "flame2023+teeth"
+    from avp.head.flame import FlameVersionError
+
+    with pytest.raises(FlameVersionError) as e:
+        build_sample(head, ga, export, fit_flame_version="2020")
+    message = str(e.value)
+    assert "point_cloud.ply" in message and head.source in message and "FLAME 2020" in message
+    assert "FLAME 2023" in message
+    old = load_head_model(HeadConfig(flame_path=str(write_flame_pickle(tmp_path / "generic_model.pkl")), teeth=True))
+    with pytest.raises(FlameVersionError, match="generic_model.pkl"):
+        build_sample(old, ga, export)
+    assert build_sample(old, ga, export, size=32, portrait_size=24,
+                        fit_flame_version="2020").meta["extra"]["flame_version"] == "2020"

@@ -12,9 +12,17 @@ import scipy.sparse
 import torch
 
 from avp.head import FlameFileError, HeadConfig, HeadModel, load_head_model, read_flame_pickle, teeth_faces
-from avp.head.flame import FLAME_N_FACES, FLAME_N_VERTICES, LIP_OUTSIDE_RING_LOWER, LIP_OUTSIDE_RING_UPPER
+from avp.head.flame import (
+    FLAME_N_FACES,
+    FLAME_N_VERTICES,
+    LIP_OUTSIDE_RING_LOWER,
+    LIP_OUTSIDE_RING_UPPER,
+    FlameVersionError,
+    check_flame_version,
+    flame_version_from_path,
+)
 from avp.types import HeadParams
-from tests.fixtures.flame import flame_like_model
+from tests.fixtures.flame import flame_like_model, write_flame_pickle
 from tests.head.params import random_params
 
 
@@ -44,14 +52,20 @@ def test_loader_reads_exactly_what_was_written(flame2020_path: Path, flame2023_p
     assert m.parents == [-1, 0, 1, 1, 1]
 
 
-def test_forward_matches_a_direct_implementation_of_flame(flame2020_path: Path) -> None:
-    """Our LBS against FLAME's formula written out with numpy on the fixture's arrays."""
+@pytest.mark.parametrize("with_offset", [False, True])
+def test_forward_matches_a_direct_implementation_of_flame(flame2020_path: Path, with_offset: bool) -> None:
+    """Our LBS against FLAME's formula written out with numpy on the fixture's arrays; a static offset is added to the
+    shaped template before joint regression, pose correctives and skinning (GaussianAvatars' ``FlameHead.forward``:
+    ``v_shaped += static_offset`` then ``lbs``)."""
     ref = flame_like_model(seed=0)
     m = load_head_model(HeadConfig(flame_path=str(flame2020_path), teeth=False, n_shape=300, n_expr=100))
     p = random_params(m, 1, dtype=torch.float64, seed=4)
-    out = m(p).vertices[0].numpy()
+    offset = np.random.default_rng(3).normal(0, 0.004, (FLAME_N_VERTICES, 3)) if with_offset else None
+    out = (m(p, static_offset=torch.from_numpy(offset)[None]) if with_offset else m(p)).vertices[0].numpy()
     betas = np.concatenate([p.shape[0].numpy(), p.expr[0].numpy()])
     v_shaped = ref["v_template"] + np.einsum("vck,k->vc", ref["shapedirs"], betas)
+    if offset is not None:
+        v_shaped = v_shaped + offset
     J = ref["J_regressor"] @ v_shaped
     pose = np.concatenate([p.global_rot[0], p.neck_pose[0], p.jaw_pose[0], p.eyes_pose[0]]).reshape(5, 3)
 
@@ -148,6 +162,56 @@ def test_masks_file_gives_semantic_regions(flame_model: HeadModel, flame_masks_p
     masks = read_flame_pickle(flame_masks_path)
     nose = set(masks["nose"].tolist())
     assert all(set(f) <= nose for f in m.faces[regions["nose"]].tolist())
+
+
+def test_fixture_follows_flames_published_vertex_layout(flame_model: HeadModel) -> None:
+    """Eyeballs at 3931-4476 (left) and 4477-5022 (right), closed and referenced, each skinned to its eye joint alone
+    (the layout tests/fixtures/flame.py cites); the eyeballs region of the masks therefore holds their faces."""
+    m = flame_model
+    faces = m.faces[:FLAME_N_FACES]
+    assert torch.equal(torch.unique(faces), torch.arange(FLAME_N_VERTICES))  # every vertex is referenced
+    eyeballs = m.face_regions["eyeballs"]
+    corners = m.faces[eyeballs]
+    assert eyeballs.numel() == 2 * 1088 and bool(((corners >= 3931) & (corners < 5023)).all())
+    for joint, (lo, hi) in ((3, (3931, 4477)), (4, (4477, 5023))):
+        assert torch.equal(m.lbs_weights[lo:hi].argmax(-1), torch.full((hi - lo,), joint))
+        assert bool((m.lbs_weights[lo:hi, joint] == 1).all()) and bool((m.lbs_weights[:3931, joint] == 0).all())
+    # turning the left eye moves the left eyeball and nothing else
+    p = HeadParams.zeros(1, n_shape=m.n_shape, n_expr=m.n_expr)
+    rest = m(p).vertices[0]
+    p.eyes_pose[0, :3] = torch.tensor([0.0, 0.3, 0.0])
+    moved = (m(p).vertices[0] - rest).norm(dim=-1) > 1e-6
+    assert bool(moved[3931:4477].any()) and not bool(moved[:3931].any()) and not bool(moved[4477:].any())
+
+
+@pytest.mark.parametrize(("name", "version"), [("flame2023.pkl", "2023"), ("generic_model.pkl", "2020"),
+                                               ("FLAME2020/model.pkl", "2020"), ("flame2023_no_jaw.pkl", "2023"),
+                                               ("head.pkl", ""), ("flame2021.pkl", "")])
+def test_flame_release_is_read_from_the_file_name(name: str, version: str) -> None:
+    assert flame_version_from_path(name) == version
+
+
+def test_flame_release_is_recorded_and_checked(flame2020_path: Path, tmp_path: Path) -> None:
+    m = load_head_model(HeadConfig(flame_path=str(flame2020_path), teeth=False))
+    assert (m.flame_version, m.source) == ("2020", str(flame2020_path))
+    check_flame_version(m, "2020", what="fit.npz")  # the same release: fine
+    check_flame_version(m, None, what="fit.npz")  # nothing to check
+    with pytest.raises(FlameVersionError) as e:
+        check_flame_version(m, "2023", what="the fit fit.npz")
+    assert "fit.npz" in str(e.value) and str(flame2020_path) in str(e.value)
+    assert "FLAME 2023" in str(e.value) and "FLAME 2020" in str(e.value)
+    unnamed = write_flame_pickle(tmp_path / "head.pkl", version="2023")
+    unknown = load_head_model(HeadConfig(flame_path=str(unnamed), teeth=False))
+    assert unknown.flame_version == "" and unknown.name == "flame"
+    with pytest.raises(FlameVersionError, match="head.pkl.*flame_version"):
+        check_flame_version(unknown, "2023", what="fit.npz")
+    named = load_head_model(HeadConfig(flame_path=str(unnamed), teeth=False, flame_version="2023"))
+    assert named.flame_version == "2023" and named.name == "flame2023"
+    with pytest.raises(FlameVersionError, match="not a FLAME model"):
+        check_flame_version(load_head_model(), "2023", what="fit.npz")
+    assert load_head_model().flame_version is None
+    with pytest.raises(FlameFileError, match="flame_version must be one of"):
+        load_head_model(HeadConfig(flame_path=str(unnamed), teeth=False, flame_version="2021"))
 
 
 def test_missing_file_and_garbage_are_named(tmp_path: Path) -> None:

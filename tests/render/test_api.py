@@ -109,6 +109,35 @@ def test_bad_values_are_named(field: str, value: float, message: str) -> None:
         render(cloud, cameras())
 
 
+def test_value_checks_sync_the_host_only_where_that_is_free_or_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The value checks read one flag tensor back to the host: free on the CPU (kept, with their clear errors), a sync
+    per call on accelerators (skipped by default there; ``check_values=True`` or ``AVP_RENDER_CHECKS=1`` turn them
+    on, ``check_values=False`` off everywhere)."""
+    from avp.render import api
+
+    monkeypatch.delenv(api.CHECKS_ENV, raising=False)
+    assert api.wants_value_checks(None, torch.device("cpu"))
+    assert not api.wants_value_checks(None, torch.device("cuda"))
+    assert api.wants_value_checks(True, torch.device("cuda")) and not api.wants_value_checks(False, torch.device("cpu"))
+    monkeypatch.setenv(api.CHECKS_ENV, "1")
+    assert api.wants_value_checks(None, torch.device("cuda"))
+    monkeypatch.delenv(api.CHECKS_ENV)
+
+    reads: list[int] = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or original(self))
+    cloud, cams = random_cloud(20), cameras()
+    unchecked = render(cloud, cams, check_values=False)  # what the accelerator default does: nothing read back
+    assert reads == []
+    checked = render(cloud, cams)  # the CPU default: checked, one read
+    assert len(reads) == 1 and torch.equal(unchecked.rgb, checked.rgb)
+    bad = random_cloud(20)
+    bad.opacities[0, 3] = 1.5
+    render(bad, cams, check_values=False)  # not checked when told so
+    with pytest.raises(ValueError, match="cloud.opacities must lie in"):
+        render(bad, cams)
+
+
 def test_mismatched_shapes_are_named() -> None:
     cloud = random_cloud(20, batch=2)
     cams = cameras(2)
