@@ -5,6 +5,7 @@
     avp avatarize --image PHOTO --out DIR --generator GEN.ckpt --decoder DEC.ckpt \\
         [--drive talk|smile|nod|turn|VIDEO|NPZ|FLAME_PARAM_FOLDER] [--seed 0] [--temperature T] [--top-k K]
         [--top-p P] [--max-points N] [--size 512] [--frames 75] [--fps 25] [--orbit-frames 60] [--device auto]
+        [--sibr]
 
 Writes into ``DIR`` (and prints each path):
 
@@ -18,7 +19,11 @@ Writes into ``DIR`` (and prints each path):
 - ``avatar_world.ply``: the avatar at rest in world space, INRIA 3DGS layout (SH padded to degree 3), for ordinary
   splat viewers;
 - ``driving.npz``: the driving sequence in avp's npz layout; ``avatar/``: the avatar itself
-  (:func:`avp.export.load_avatar`).
+  (:func:`avp.export.load_avatar`);
+- with ``--sibr``: ``sibr/``, the same world-space splats as an INRIA 3DGS model folder (``cfg_args``,
+  ``cameras.json`` with 9 views of the training framing over +-60 degrees of yaw, ``input.ply``,
+  ``point_cloud/iteration_30000/point_cloud.ply``) that ``SIBR_gaussianViewer_app -m DIR/sibr`` opens
+  (:func:`avp.export.inria.write_inria_model`).
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
                    help="npz with the portrait's head parameters (our layout, e.g. a synthetic shard's or another "
                         "tracker's): skips face detection and the landmark fit; the photo must be framed like the "
                         "training portraits")
+    p.add_argument("--sibr", action="store_true",
+                   help="also write sibr/: an INRIA 3DGS model folder (cfg_args, cameras.json, input.ply, "
+                        "point_cloud/iteration_30000/point_cloud.ply) for SIBR_gaussianViewer_app -m")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -201,6 +209,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                       pipe.head_model.n_vertices))
     world = avatar.animate(avatar.neutral(1))
     done("world-space ply", write_splat_ply(out / "avatar_world.ply", world))
+    if args.sibr:
+        from avp.export.inria import write_inria_model
+
+        views = avatar.view_cameras(torch.linspace(-60.0, 60.0, 9), size=args.size)
+        model = write_inria_model(out / "sibr", world, views, white_background=True)
+        done("SIBR model folder", model["cfg_args"].parent)
 
     report = {
         "image": str(args.image), "head_model": pipe.head_model.name, "checkpoints": pipe.checkpoints,

@@ -1,10 +1,16 @@
 """TensorBoard image grids of the decoder stage: per view a row ``target | render | error``, under a row of labels.
 
 The module keeps the panels of its latest step in ``pl_module.last_visuals[stage]`` (``[V, 3 panels, 3, H, W]``,
-the first sample's first frame: target, render, per-pixel mean absolute error in grey);
-:class:`DecoderImageLogger` turns them into one grid image, logs it as ``train/images`` every
+the first sample's first frame: target, render, per-pixel mean absolute error in grey), detached but on its own
+device; :class:`DecoderImageLogger` turns them into one grid image, logs it as ``train/images`` every
 ``every_n_steps`` training steps and as ``val/images`` after each validation epoch, and optionally writes the same
-grid as a PNG under ``<log_dir>/images/`` (atomically) so it can be looked at without TensorBoard::
+grid as a PNG under ``<log_dir>/images/`` (atomically) so it can be looked at without TensorBoard. The panels are
+copied to the CPU (a device sync) only there: on rank 0, on the steps that log.
+
+In TensorBoard an image sits at the step of the scalars logged at the same moment
+(:func:`avp.lit.tensorboard.scalar_step`): ``val/images`` at the ``val/*`` scalars' step, ``train/images`` at its
+batch's ``train/*`` step. The PNG names carry ``trainer.global_step`` (optimiser steps taken, as checkpoint names
+do), one more than that::
 
     trainer:
       callbacks:
@@ -27,6 +33,7 @@ from torchvision.utils import make_grid
 
 from avp.atomic import atomic_write_bytes
 from avp.lit.callbacks import local_log_dir
+from avp.lit.tensorboard import scalar_step
 
 PANEL_LABELS = ("target", "render", "|error|")
 LABEL_HEIGHT = 12
@@ -58,6 +65,11 @@ def visual_grid(panels: Tensor, padding: int = 2, labels: tuple[str, ...] | None
         raise ValueError(f"visual_grid: {len(labels)} labels for {P} panels")
     header = label_row(labels, panels.shape[-1], padding, grid.shape[-1]).to(grid)
     return torch.cat([header, grid], dim=1)
+
+
+def host_panels(panels: Tensor) -> Tensor:
+    """``panels`` on the CPU as float32: the one device-to-host copy of the previews, made only when they are logged."""
+    return panels.detach().to("cpu", torch.float32)
 
 
 def png_bytes(image: Tensor) -> bytes:
@@ -102,14 +114,13 @@ class DecoderImageLogger(Callback):
         # nothing below is a collective: ranks other than 0 may return here
         if panels is None or not trainer.is_global_zero:
             return
-        grid = visual_grid(panels)
-        step = int(trainer.global_step)
+        grid = visual_grid(host_panels(panels))
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
-                experiment.add_image(f"{stage}/images", grid, global_step=step)
+                experiment.add_image(f"{stage}/images", grid, global_step=scalar_step(trainer))
         if self.save_png:
-            path = self.log_dir(trainer) / "images" / f"{stage}_step{step:07d}.png"
+            path = self.log_dir(trainer) / "images" / f"{stage}_step{int(trainer.global_step):07d}.png"
             atomic_write_bytes(path, png_bytes(grid))
             self.written.append(path)
 

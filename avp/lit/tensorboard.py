@@ -42,6 +42,17 @@ def flatten_hparams(tree: Mapping[str, Any], prefix: str = "") -> dict[str, bool
     return out
 
 
+def scalar_step(trainer: pl.Trainer) -> int:
+    """The step Lightning files ``self.log`` values under at this moment (its logger connector's
+    ``_batches_that_stepped``): in ``on_train_batch_end`` the batch's own scalars' step, during a validation inside a
+    fit the ``val/*`` scalars' step, both ``trainer.global_step - 1`` there (the optimiser step is counted before,
+    the logging step after). Anything logged by hand with this step (images, figures) sits on the same x as the curves
+    of the same moment in TensorBoard; ``trainer.global_step`` would put it one step to the right."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return int(trainer.global_step if step is None else step)
+
+
 class RunSummary(pl.Callback):
     """Registers the run's metrics and hyper-parameters in TensorBoard's HParams tab and its config as text."""
 
