@@ -51,6 +51,8 @@ class DemoData:
     """Teacher point count range per subject."""
     cameras: Literal["arc", "sphere"] = "arc"
     """Clip cameras: a NeRSemble-like frontal arc, or all around the head (``avp data synth --cameras``)."""
+    hair_volume: float = 1.0
+    """Hair depth off the scalp relative to the default look (``avp data synth --hair-volume``)."""
     seed: int = 0
 
 
@@ -196,13 +198,16 @@ class Demo:
         return self.run_dir(stage) / "version_0" / "checkpoints" / "last.ckpt"
 
     # ------------------------------------------------------------------------------------------------- steps
-    def synth(self) -> None:
-        d = self.config.data
-        self._run("1/6 synthetic dataset", [
-            "data", "synth", "--out", str(self.data_root), "--subjects", str(d.subjects), "--views", str(d.views),
+    def synth(self, data: DemoData | None = None, root: Path | None = None, title: str = "1/6 synthetic dataset") -> None:
+        """``avp data synth`` of ``data`` (default: the config's) into ``root`` (default: :attr:`data_root`)."""
+        d = self.config.data if data is None else data
+        root = self.data_root if root is None else root
+        self._run(title, [
+            "data", "synth", "--out", str(root), "--subjects", str(d.subjects), "--views", str(d.views),
             "--frames", str(d.frames), "--size", str(d.size), "--portrait-size", str(d.portrait_size),
             "--points", str(d.points[0]), str(d.points[1]), "--val-fraction", str(d.val_fraction),
-            "--test-fraction", str(d.test_fraction), "--seed", str(d.seed), "--cameras", d.cameras, "--overwrite"])
+            "--test-fraction", str(d.test_fraction), "--seed", str(d.seed), "--cameras", d.cameras,
+            "--hair-volume", str(d.hair_volume), "--overwrite"])
 
     def stage_delta(self, stage: str) -> Path:
         """The demo's delta for ``stage`` merged with where it writes (data root, logger, generator checkpoint)."""

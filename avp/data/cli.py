@@ -38,6 +38,8 @@ def _synth(argv: list[str]) -> int:
                    help=f"SH degree of the teacher (default {d.sh_degree})")
     p.add_argument("--cameras", choices=("arc", "sphere"), default=d.cameras,
                    help="arc: NeRSemble-like frontal arc (default); sphere: all around the head")
+    p.add_argument("--hair-volume", type=float, default=d.hair_volume,
+                   help="hair depth off the scalp relative to the default look, capped at 5 cm (default 1)")
     p.add_argument("--background", type=float, nargs=3, default=list(d.background), metavar=("R", "G", "B"),
                    help="frame background in 0..1 (default white, as VHAP exports)")
     p.add_argument("--portrait-background", choices=("random", "same", "white", "black"), default=d.portrait_background,
@@ -50,7 +52,8 @@ def _synth(argv: list[str]) -> int:
     a = p.parse_args(argv)
     cfg = SynthConfig(subjects=a.subjects, views=a.views, frames=a.frames, size=a.size,
                       portrait_size=a.portrait_size or a.size, seed=a.seed, points=(a.points[0], a.points[1]),
-                      sh_degree=a.sh_degree, cameras=a.cameras, background=tuple(a.background),
+                      sh_degree=a.sh_degree, cameras=a.cameras, hair_volume=a.hair_volume,
+                      background=tuple(a.background),
                       portrait_background=a.portrait_background, val_fraction=a.val_fraction,
                       test_fraction=a.test_fraction, shard_samples=a.shard_samples)
     manifest = synthesize(cfg, a.out, workers=a.workers or None, overwrite=a.overwrite, progress=True)

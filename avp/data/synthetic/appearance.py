@@ -76,7 +76,14 @@ class Appearance:
                 "skin": [round(float(c), 3) for c in self.skin]}
 
 
-def sample_appearance(rng: np.random.Generator) -> Appearance:
+MAX_HAIR_THICKNESS = 0.05
+"""Thickest hair volume (metres): curly hair's own maximum, inside the head model's hair margin on every side."""
+
+
+def sample_appearance(rng: np.random.Generator, hair_volume: float = 1.0) -> Appearance:
+    """A subject's appearance. ``hair_volume`` scales the hair's depth off the scalp (and the long curtain's), up to
+    :data:`MAX_HAIR_THICKNESS`; 1 is the default look, larger values give the voluminous hair of real captures that
+    a template surface cannot reach. The random draws do not depend on it."""
     tone = rng.uniform(0, len(SKIN_TONES) - 1)
     lo = int(np.floor(tone))
     hi = min(lo + 1, len(SKIN_TONES) - 1)
@@ -95,6 +102,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     thickness = {"short": rng.uniform(0.006, 0.016), "long": rng.uniform(0.010, 0.022),
                  "bun": rng.uniform(0.004, 0.010), "ponytail": rng.uniform(0.004, 0.010),
                  "curly": rng.uniform(0.025, 0.050), "bald": 0.0}[style]
+    thickness = min(thickness * hair_volume, MAX_HAIR_THICKNESS)
     return Appearance(
         skin=skin, skin_noise=float(rng.uniform(0.02, 0.06)),
         noise_freqs=rng.normal(0, 1, (6, 3)) * rng.uniform(8, 40, (6, 1)),

@@ -59,6 +59,8 @@ class SynthConfig:
     sh_degree: int = 0
     cameras: str = "arc"
     """``arc`` (NeRSemble-like frontal arc) or ``sphere``."""
+    hair_volume: float = 1.0
+    """Hair depth off the scalp relative to the default look (capped at 5 cm; see ``sample_appearance``)."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     portrait_background: str = "random"
     """``random`` (a plain colour per subject), ``same`` (as the frames), ``white`` or ``black``."""
@@ -72,6 +74,8 @@ class SynthConfig:
             raise ValueError("subjects, views and frames must be >= 1 and sizes >= 8")
         if not 1 <= self.points[0] <= self.points[1]:
             raise ValueError(f"points must be a range 1 <= MIN <= MAX, got {self.points}")
+        if not self.hair_volume > 0:
+            raise ValueError(f"hair_volume must be > 0, got {self.hair_volume}")
         if self.portrait_background not in ("random", "same", "white", "black"):
             raise ValueError(f"unknown portrait_background {self.portrait_background!r}")
 
@@ -92,10 +96,11 @@ def _portrait_background(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarr
     return {"same": np.array(cfg.background), "white": np.ones(3), "black": np.zeros(3)}[cfg.portrait_background]
 
 
-def _identity(rng: np.random.Generator, head: Any) -> tuple[np.ndarray, Any, CanonicalMesh]:
+def _identity(rng: np.random.Generator, head: Any,
+              hair_volume: float = 1.0) -> tuple[np.ndarray, Any, CanonicalMesh]:
     """The first draws of a subject: shape coefficients ``[S]``, appearance and its canonical mesh."""
     shape = np.clip(rng.normal(0, 1, head.n_shape), -2.5, 2.5)
-    app = sample_appearance(rng)
+    app = sample_appearance(rng, hair_volume)
     with torch.no_grad():
         verts = head.canonical(torch.as_tensor(shape, dtype=torch.float32)[None])[0].double().numpy()
     regions = {k: v.cpu().numpy() for k, v in head.face_regions.items()}
@@ -120,7 +125,8 @@ def resample_teacher(meta: dict[str, Any], head: Any, draw: int = 1) -> Any:
     if meta.get("head_model") != head.name:
         raise ValueError(f"resample_teacher: subject {meta.get('subject')!r} was made with head model "
                          f"{meta.get('head_model')!r}, not {head.name!r}")
-    _, app, mesh = _identity(np.random.default_rng([int(extra["seed"]), int(extra["index"])]), head)
+    _, app, mesh = _identity(np.random.default_rng([int(extra["seed"]), int(extra["index"])]), head,
+                             float(extra.get("hair_volume", 1.0)))
     teacher, _ = build_teacher(mesh, app, int(extra["n_target"]),
                                np.random.default_rng([int(extra["seed"]), int(extra["index"]), int(draw)]),
                                sh_degree=int(meta.get("sh_degree", 0)))
@@ -133,7 +139,7 @@ def make_subject(cfg: SynthConfig, index: int, split: str, head: Any) -> ClipSam
     from avp.render import render
 
     rng = np.random.default_rng([cfg.seed, index])
-    shape, app, mesh = _identity(rng, head)
+    shape, app, mesh = _identity(rng, head, cfg.hair_volume)
     lo, hi = cfg.points
     n_target = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
     teacher, part_counts = build_teacher(mesh, app, n_target, rng, sh_degree=cfg.sh_degree)
@@ -174,7 +180,8 @@ def make_subject(cfg: SynthConfig, index: int, split: str, head: Any) -> ClipSam
         portrait_width=cfg.portrait_size, portrait_height=cfg.portrait_size, n_points=teacher.n_points,
         sh_degree=cfg.sh_degree, background=cfg.background,
         extra={**app.summary(), "performance": perf.summary(), "parts": part_counts, "n_target": n_target,
-               "camera_layout": cfg.cameras, "portrait_background": [round(float(c), 4) for c in pbg],
+               "camera_layout": cfg.cameras, "hair_volume": cfg.hair_volume,
+               "portrait_background": [round(float(c), 4) for c in pbg],
                "portrait_head_true": {k: v.tolist() for k, v in portrait_true.items()}, "seed": cfg.seed,
                "index": index})
     return ClipSample(key=sample_key(subject, "clip0"), meta=meta, portrait=portrait, portrait_head=portrait_est,
