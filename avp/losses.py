@@ -4,11 +4,8 @@
 ``1, 0.5, 0.1, 0.1`` by default (PAPER.md §5.2).
 
 - **L1**: mean absolute error over pixels and channels.
-- **SSIM**: as torchmetrics defines it (``structural_similarity_index_measure`` with ``gaussian_kernel=True``):
-  Gaussian window with ``sigma = 1.5`` and ``2 * int(3.5 sigma + 0.5) + 1 = 11`` taps (scikit-image's
-  ``gaussian_weights=True`` window, truncated at 3.5 sigma), ``K1 = 0.01``, ``K2 = 0.03``, population (biased)
-  local variances, images reflect-padded so the SSIM map covers every pixel, the mean of the map per image.
-  (scikit-image instead averages only the map's interior, away from a 5-pixel border.)
+- **SSIM**: :func:`avp.ssim.ssim` (torchmetrics' definition: 11-tap Gaussian window, sigma 1.5, K1 0.01, K2 0.03,
+  reflect padding), the one implementation, also behind the reported SSIM metric (:mod:`avp.metrics.image`).
 - **LPIPS**: the mean of a given LPIPS module on images mapped to -1..1; the module must carry real pretrained
   weights (:func:`avp.metrics.lpips.load_lpips`): this file never builds one, and a non-zero weight without a module is
   an error, never a silent zero.
@@ -23,10 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avp.ssim import ssim
 from avp.types import TensorContainer
 
 
@@ -92,47 +88,6 @@ def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean absolute error of ``pred`` and ``target`` ``[B, C, H, W]`` (scalar)."""
     _check_images(pred, target, "l1_loss")
     return (pred - target).abs().mean()
-
-
-def gaussian_window(sigma: float = 1.5, *, dtype: torch.dtype = torch.float32,
-                    device: torch.device | None = None) -> Tensor:
-    """Normalised 1-D Gaussian ``[2 * int(3.5 sigma + 0.5) + 1]`` (torchmetrics' and scikit-image's SSIM window)."""
-    if sigma <= 0:
-        raise ValueError(f"gaussian_window: sigma must be positive, got {sigma}")
-    half = int(3.5 * sigma + 0.5)
-    x = torch.arange(-half, half + 1, dtype=dtype, device=device)
-    w = torch.exp(-(x / sigma) ** 2 / 2)
-    return w / w.sum()
-
-
-def ssim_map(pred: Tensor, target: Tensor, *, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
-             data_range: float = 1.0) -> Tensor:
-    """Local SSIM ``[B, C, H, W]`` of ``pred`` and ``target`` ``[B, C, H, W]`` (see the module docstring)."""
-    _check_images(pred, target, "ssim")
-    window = gaussian_window(sigma, dtype=pred.dtype, device=pred.device)
-    pad = window.numel() // 2
-    B, C, H, W = pred.shape
-    if H <= pad or W <= pad:
-        raise ValueError(f"ssim: images of {H}x{W} pixels are too small for the {window.numel()}-tap window "
-                         f"(need more than {pad} pixels per side)")
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    stack = torch.cat([pred, target, pred * pred, target * target, pred * target])  # [5B, C, H, W]
-    stack = F.pad(stack, (pad, pad, pad, pad), mode="reflect")
-    # separable Gaussian blur, one channel at a time (groups = C)
-    wx = window.view(1, 1, 1, -1).expand(C, 1, 1, -1)
-    wy = window.view(1, 1, -1, 1).expand(C, 1, -1, 1)
-    blurred = F.conv2d(F.conv2d(stack, wx, groups=C), wy, groups=C)  # [5B, C, H, W]
-    mu_p, mu_t, e_pp, e_tt, e_pt = blurred.split(B)
-    var_p = (e_pp - mu_p**2).clamp(min=0)
-    var_t = (e_tt - mu_t**2).clamp(min=0)
-    cov = e_pt - mu_p * mu_t
-    return ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
-
-
-def ssim(pred: Tensor, target: Tensor, *, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
-         data_range: float = 1.0) -> Tensor:
-    """Per-image SSIM ``[B]`` of ``pred`` and ``target`` ``[B, C, H, W]`` (the mean of :func:`ssim_map`)."""
-    return ssim_map(pred, target, sigma=sigma, k1=k1, k2=k2, data_range=data_range).flatten(1).mean(1)
 
 
 def lpips_loss(pred: Tensor, target: Tensor, module: nn.Module | None) -> Tensor:

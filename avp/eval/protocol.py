@@ -15,28 +15,25 @@ Two tasks:
   cameras. There is no ground truth: identity/CLIP similarity to A's portrait (``cross_identity_cosine``,
   ``cross_clip``), Cross-FID against B's real frames and AKD/APD against B's driving frames.
 
-:func:`load_protocol` reads and checks a file; every problem raises :class:`ProtocolError` naming the file and the
-key (``render.resolution: expected an integer, got 'big'``).
+:func:`load_protocol` reads and checks a file with jsonargparse (:func:`protocol_parser`, the mechanism of every
+other config here): types, choices, unknown and missing keys are its errors; ranges and consistency are
+:func:`validate`'s. Every problem raises :class:`ProtocolError` naming the file and the key (``…/p.yaml: Parser key
+"render.resolution": Expected a <class 'int'>. Got value: big``). ``avp eval --override KEY=VALUE`` changes a key
+for one run (:func:`override_flags`: the parser's own ``--KEY=VALUE`` flags, applied after the file).
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
 import dataclasses
+import functools
 import hashlib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
-TASKS = ("self", "cross")
-BACKGROUNDS = ("clip", "white", "black")
-IDENTITIES = ("clip", "portrait")
-TEACHER_ANIMATIONS = ("auto", "lbs", "face_frame")
 
 
 class ProtocolError(ValueError):
@@ -89,10 +86,10 @@ class RenderSettings:
     resolution: int = 512
     """Square size in pixels of renders and ground truth (frames are padded to square with the clip background and
     resized, intrinsics adjusted, as the data module does)."""
-    background: str | list[float] = "clip"
+    background: Literal["clip", "white", "black"] | list[float] = "clip"
     """``clip`` (the shards' background colour, what the frames show), ``white``, ``black`` or ``[r, g, b]`` in 0..1.
     Another colour than the clip's re-composites the ground truth with its foreground masks (masks required)."""
-    rig_identity: str = "clip"
+    rig_identity: Literal["clip", "portrait"] = "clip"
     """Identity (shape) the avatar is bound to and animated with: ``clip`` (the clip's tracked shape, which the
     target frames' expression and pose were tracked with) or ``portrait`` (the shape estimated for the portrait, as
     ``avp avatarize`` does). The teacher row always uses the clip's shape (its points live in that space)."""
@@ -148,7 +145,7 @@ class SamplingSettings:
 class WeightsSettings:
     """Learned metrics: computed only with real weights from local files, otherwise reported unavailable."""
 
-    lpips_net: str = "alex"
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
     """LPIPS backbone: ``alex`` | ``vgg`` | ``squeeze``."""
     lpips_weights: str | None = None
     """torchvision backbone file; null reads ``$TORCH_HOME/hub/checkpoints``."""
@@ -178,7 +175,7 @@ class ReferenceSettings:
 
     teacher: bool = True
     """Render the shards' teacher fit (the upper bound of what the decoder can reach from these points)."""
-    teacher_animation: str = "auto"
+    teacher_animation: Literal["auto", "lbs", "face_frame"] = "auto"
     """How the teacher is animated: ``auto`` (``lbs`` for synthetic shards, which were rendered that way;
     ``face_frame`` for GaussianAvatars conversions), ``lbs`` or ``face_frame``."""
 
@@ -248,76 +245,38 @@ class EvalProtocol:
 
 # ----------------------------------------------------------------------------------------------- reading and checks
 
-def _where(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(EvalProtocol)
+            if dataclasses.is_dataclass(f.default_factory)}
+"""Top-level keys that hold a section (a mapping of one settings dataclass's fields)."""
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+@functools.lru_cache(maxsize=1)
+def protocol_parser() -> Any:
+    """The jsonargparse parser of a protocol: ``--config FILE`` then dotted ``--render.resolution=128`` flags.
+
+    It checks types (``Literal`` choices included), unknown and missing keys, and names the key in its errors; built
+    once (parsing does not change it)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="avp eval protocol", exit_on_error=False, default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="protocol YAML")
+    parser.add_class_arguments(EvalProtocol, None, fail_untyped=True)
+    return parser
 
 
-def _check_value(value: Any, hint: Any, where: str) -> Any:
-    """``value`` checked against the type ``hint`` (dataclasses built recursively); raises ``ProtocolError``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ProtocolError(f"{where}: must be set (got null)")
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _check_value(value, option, where)
-            except ProtocolError as e:
-                errors.append(str(e).split(": ", 1)[-1])
-        raise ProtocolError(f"{where}: {' or '.join(errors)}")
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ProtocolError(f"{where}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ProtocolError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ProtocolError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ProtocolError(f"{where}: unsupported field type {_type_name(hint)}")
+def _check_sections(data: Mapping[str, Any]) -> None:
+    """A section given as anything but a mapping: jsonargparse would take it and fail later without naming it."""
+    for name, cls in SECTIONS.items():
+        if name in data and not isinstance(data[name], Mapping):
+            raise ProtocolError(f"{name}: expected a mapping of {cls.__name__} fields, got {type(data[name]).__name__} "
+                                f"{data[name]!r}")
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ProtocolError(f"{path or 'protocol'}: expected a mapping of {cls.__name__} fields, got "
-                            f"{type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ProtocolError(f"{_where(path, str(unknown[0]))}: unknown key; valid keys{' of ' + path if path else ''} "
-                            f"are {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _check_value(data[name], hints[name], _where(path, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ProtocolError(f"{_where(path, name)}: required key is missing")
-    return cls(**kwargs)
+def _instantiate(namespace: Any) -> EvalProtocol:
+    """The parsed namespace as an :class:`EvalProtocol` (its sections built by jsonargparse)."""
+    parser = protocol_parser()
+    built = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(namespace)  # renamed in 4.49
+    return EvalProtocol(**{f.name: built[f.name] for f in dataclasses.fields(EvalProtocol)})
 
 
 def _positive(value: int | None, where: str, minimum: int = 1) -> None:
@@ -326,13 +285,12 @@ def _positive(value: int | None, where: str, minimum: int = 1) -> None:
 
 
 def validate(protocol: EvalProtocol) -> EvalProtocol:
-    """Range and consistency checks beyond types; raises :class:`ProtocolError` naming the key."""
+    """Range and consistency checks beyond types (which the parser checks); raises :class:`ProtocolError` naming
+    the key."""
     p = protocol
     if not p.name.strip():
         raise ProtocolError("name: must not be empty")
     _positive(p.version, "version")
-    if p.task not in TASKS:
-        raise ProtocolError(f"task: must be one of {list(TASKS)}, got {p.task!r}")
     _positive(p.data.max_subjects, "data.max_subjects")
     if p.data.subjects is not None and len(set(p.data.subjects)) != len(p.data.subjects):
         raise ProtocolError(f"data.subjects: lists a subject twice: {p.data.subjects}")
@@ -350,12 +308,8 @@ def validate(protocol: EvalProtocol) -> EvalProtocol:
         raise ProtocolError(f"face.views: {p.face.views} must be among views.indices {p.views.indices}")
     _positive(p.render.resolution, "render.resolution", 16)
     bg = p.render.background
-    if isinstance(bg, str) and bg not in BACKGROUNDS:
-        raise ProtocolError(f"render.background: must be one of {list(BACKGROUNDS)} or [r, g, b], got {bg!r}")
     if isinstance(bg, list) and (len(bg) != 3 or not all(0 <= c <= 1 for c in bg)):
         raise ProtocolError(f"render.background: an [r, g, b] colour needs three values in 0..1, got {bg}")
-    if p.render.rig_identity not in IDENTITIES:
-        raise ProtocolError(f"render.rig_identity: must be one of {list(IDENTITIES)}, got {p.render.rig_identity!r}")
     _positive(p.face.resolution, "face.resolution", 32)
     _positive(p.face.akd_resolution, "face.akd_resolution", 32)
     _positive(p.face.identity_upsample, "face.identity_upsample", 0)
@@ -370,8 +324,6 @@ def validate(protocol: EvalProtocol) -> EvalProtocol:
     _positive(s.min_points, "sampling.min_points", 0)
     if s.max_points is not None and s.min_points is not None and s.min_points > s.max_points:
         raise ProtocolError(f"sampling.min_points: {s.min_points} exceeds sampling.max_points {s.max_points}")
-    if p.weights.lpips_net not in ("alex", "vgg", "squeeze"):
-        raise ProtocolError(f"weights.lpips_net: must be alex, vgg or squeeze, got {p.weights.lpips_net!r}")
     if p.task == "cross":
         if p.pairs is None:
             raise ProtocolError("pairs: cross-reenactment needs a pairs section (shift or explicit)")
@@ -381,9 +333,6 @@ def validate(protocol: EvalProtocol) -> EvalProtocol:
                     raise ProtocolError(f"pairs.explicit[{i}]: expected [source, driver] of two subjects, got {pair}")
     elif p.pairs is not None:
         raise ProtocolError("pairs: only cross-reenactment protocols pair subjects (task is 'self')")
-    if p.reference.teacher_animation not in TEACHER_ANIMATIONS:
-        raise ProtocolError(f"reference.teacher_animation: must be one of {list(TEACHER_ANIMATIONS)}, got "
-                            f"{p.reference.teacher_animation!r}")
     if p.report.columns is not None and not p.report.columns:
         raise ProtocolError("report.columns: must not be empty (null uses the task's defaults)")
     return p
@@ -392,49 +341,33 @@ def validate(protocol: EvalProtocol) -> EvalProtocol:
 def protocol_from_dict(data: Mapping[str, Any], source: str = "protocol") -> EvalProtocol:
     """Build and check a protocol from plain data; errors are prefixed with ``source`` (e.g. the file)."""
     try:
-        return validate(_build(EvalProtocol, data, ""))
+        if not isinstance(data, Mapping):
+            raise ProtocolError(f"expected a mapping of protocol keys, got {type(data).__name__}")
+        _check_sections(data)
+        try:
+            namespace = protocol_parser().parse_object(dict(data))
+        except argparse.ArgumentError as e:
+            raise ProtocolError(str(e)) from None
+        return validate(_instantiate(namespace))
     except ProtocolError as e:
         raise ProtocolError(f"{source}: {e}") from None
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``data`` with ``KEY=VALUE`` overrides applied (dotted keys, YAML values: ``render.resolution=128``,
-    ``views.indices=[0,2]``, ``data.subjects=null``). A key that the protocol schema does not have is an error."""
-    out = copy.deepcopy(dict(data))
+def override_flags(overrides: Sequence[str]) -> list[str]:
+    """``KEY=VALUE`` overrides (dotted keys, YAML values: ``render.resolution=128``, ``views.indices=[0,2]``,
+    ``data.subjects=null``) as the parser's ``--KEY=VALUE`` flags."""
+    flags = []
     for item in overrides:
-        key, sep, text = item.partition("=")
+        key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ProtocolError(f"override {item!r}: expected KEY=VALUE (e.g. render.resolution=128)")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ProtocolError(f"override {item!r}: the value is not YAML: {e}") from None
-        parts = key.strip().split(".")
-        cls: Any = EvalProtocol
-        node = out
-        for depth, part in enumerate(parts):
-            hints = typing.get_type_hints(cls)
-            if part not in hints:
-                where = ".".join(parts[:depth + 1])
-                raise ProtocolError(f"override {item!r}: {where} is not a protocol key (valid: {sorted(hints)})")
-            if depth == len(parts) - 1:
-                node[part] = value
-                break
-            hint = hints[part]
-            nested = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)] or [hint]
-            cls = nested[0]
-            if not dataclasses.is_dataclass(cls):
-                raise ProtocolError(f"override {item!r}: {'.'.join(parts[:depth + 1])} has no sub-keys")
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {} if child is None else child
-                node[part] = child
-            node = child
-    return out
+        flags.append(f"--{key.strip()}={value}")
+    return flags
 
 
 def load_protocol(path: str | Path, overrides: Sequence[str] = ()) -> EvalProtocol:
-    """Read a protocol YAML file (then ``KEY=VALUE`` overrides) and check it; errors name the file and the key."""
+    """Read a protocol YAML file (then ``KEY=VALUE`` overrides) and check it; errors name the file and the key (and
+    the override that brought the error in)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"evaluation protocol {file} does not exist (see configs/eval/)")
@@ -444,6 +377,20 @@ def load_protocol(path: str | Path, overrides: Sequence[str] = ()) -> EvalProtoc
         raise ProtocolError(f"{file}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"{file}: expected a mapping of protocol keys at the top level, got {type(data).__name__}")
-    if overrides:
-        data = apply_overrides(data, overrides)
-    return protocol_from_dict(data, str(file))
+    try:
+        _check_sections(data)
+    except ProtocolError as e:
+        raise ProtocolError(f"{file}: {e}") from None
+    flags = override_flags(overrides)
+    parser = protocol_parser()
+    # the file alone, then each override on top: an error is blamed on the file or on the override that caused it
+    for count, item in enumerate([None, *overrides]):
+        try:
+            namespace = parser.parse_args(["--config", str(file), *flags[:count]])
+        except argparse.ArgumentError as e:
+            where = f"{file}" if item is None else f"{file}: override {item!r}"
+            raise ProtocolError(f"{where}: {e}") from None
+    try:
+        return validate(_instantiate(namespace))
+    except ProtocolError as e:
+        raise ProtocolError(f"{file}: {e}") from None

@@ -5,12 +5,11 @@ Images are ``[B, 3, H, W]`` floats in ``0..data_range``; masks ``[B, 1, H, W]`` 
 
 - PSNR: ``10 log10(data_range^2 / MSE)``; masked, the MSE is the mask-weighted mean over the masked pixels and all
   channels. Identical images give ``+inf``.
-- SSIM: torchmetrics' definition (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, reflect padding so the SSIM map
-  covers every pixel); unmasked it is the mean of the map (equal to
-  ``torchmetrics.functional.structural_similarity_index_measure``), masked the mask-weighted mean of the map.
-  Identical images give 1. (The decoder loss's :func:`avp.losses.ssim_map` has the same definition but is not used
-  here: in float32 it differs from torchmetrics' by up to ~5e-5 on images with flat regions, and training must keep
-  its numbers while reported metrics keep theirs.)
+- SSIM: the map of :func:`avp.ssim.ssim_map` (torchmetrics' definition: 11-tap Gaussian window, sigma 1.5, K1 0.01,
+  K2 0.03, reflect padding so the map covers every pixel), the same function the decoder loss uses, in float32;
+  unmasked the mean of the map, masked its mask-weighted mean. Identical images give 1. (It equals
+  ``torchmetrics.functional.structural_similarity_index_measure`` to ~1e-10 in float64 and within ~5e-5 in float32,
+  where the summation order differs; see :mod:`avp.ssim`.)
 
 An image whose mask is empty has no value (NaN per image); the accumulators skip it and count it in ``skipped``.
 """
@@ -22,9 +21,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from avp.metrics.unavailable import MetricValue, Unavailable
+from avp.ssim import ssim_map
 
 
 def _check(preds: Tensor, target: Tensor, mask: Tensor | None) -> Tensor | None:
@@ -58,13 +57,12 @@ def psnr(preds: Tensor, target: Tensor, mask: Tensor | None = None, *, data_rang
 def ssim(preds: Tensor, target: Tensor, mask: Tensor | None = None, *, data_range: float = 1.0) -> Tensor:
     """Per-image SSIM: ``preds``, ``target`` ``[B, C, H, W]``, ``mask`` ``[B, 1, H, W]`` or None -> ``[B]``."""
     mask = _check(preds, target, mask)
-    per_image, ssim_map = structural_similarity_index_measure(
-        preds.float(), target.float(), data_range=data_range, reduction="none", return_full_image=True)
+    local = ssim_map(preds.float(), target.float(), data_range=data_range)  # [B, C, H, W]
     if mask is None:
-        return per_image
-    weight = mask.float().expand_as(ssim_map)  # [B, C, H, W]
+        return local.flatten(1).mean(1)
+    weight = mask.float().expand_as(local)  # [B, C, H, W]
     total = weight.flatten(1).sum(1)
-    value = (ssim_map * weight).flatten(1).sum(1) / total
+    value = (local * weight).flatten(1).sum(1) / total
     return torch.where(total > 0, value, torch.full_like(value, float("nan")))
 
 

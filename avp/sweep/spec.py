@@ -22,27 +22,29 @@ Relative paths are resolved against ``workdir`` (default: the directory ``avp sw
 working directory of every run. Each run's config is the real CLI's parse of base + deltas + overrides, dumped with
 every default resolved, plus what makes it a sweep run (seed, run folder, TensorBoard logger, resume checkpoint,
 fault tolerance, devices/nodes from the launcher): the run folder alone reproduces the run.
+
+Keys are checked by jsonargparse like every config here (:func:`parse_keys`): types, unknown and missing keys fail in
+its words after the file and key path; ranges, paths, folder names and consistency are checked here.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import io
 import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from avp.atomic import atomic_write_json, atomic_write_text
 
-SPEC_KEYS = ("name", "out", "workdir", "base", "seeds", "overrides", "runs", "launcher", "checkpoint_every_n_steps")
-VARIANT_KEYS = ("deltas", "overrides", "launcher")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 TENSORBOARD_LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
@@ -97,38 +99,23 @@ class Resources:
         return self.nodes * self.ntasks_per_node
 
     def validate(self, where: str) -> None:
+        """Ranges and consistency beyond types (which the parser checks); raises :class:`SpecError` naming the key."""
         for key in ("nodes", "cpus_per_task", "time_min"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            if getattr(self, key) < 1:
                 raise SpecError(f"{where}.{key}: expected an integer >= 1, got {getattr(self, key)!r}")
         for key in ("gpus_per_node", "signal_delay_s"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+            if getattr(self, key) < 0:
                 raise SpecError(f"{where}.{key}: expected an integer >= 0, got {getattr(self, key)!r}")
-        if self.tasks_per_node is not None and (not isinstance(self.tasks_per_node, int) or self.tasks_per_node < 1):
+        if self.tasks_per_node is not None and self.tasks_per_node < 1:
             raise SpecError(f"{where}.tasks_per_node: expected an integer >= 1, got {self.tasks_per_node!r}")
         if self.gpus_per_node and self.ntasks_per_node != self.gpus_per_node:
             raise SpecError(f"{where}: tasks_per_node ({self.tasks_per_node}) must equal gpus_per_node "
                             f"({self.gpus_per_node}): Lightning runs one process per GPU")
-        if self.mem_gb is not None and (not isinstance(self.mem_gb, (int, float)) or self.mem_gb <= 0):
+        if self.mem_gb is not None and self.mem_gb <= 0:
             raise SpecError(f"{where}.mem_gb: expected a positive number, got {self.mem_gb!r}")
         if self.signal_delay_s >= self.time_min * 60:
             raise SpecError(f"{where}.signal_delay_s ({self.signal_delay_s}) must be shorter than time_min "
                             f"({self.time_min} min), or every job is told to requeue as soon as it starts")
-        for key in ("setup", "sbatch_args"):
-            value = getattr(self, key)
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise SpecError(f"{where}.{key}: expected a list of strings, got {value!r}")
-        for key in ("partition", "account", "python"):
-            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
-                raise SpecError(f"{where}.{key}: expected a string, got {getattr(self, key)!r}")
-
-    def updated(self, changes: dict[str, Any], where: str) -> Resources:
-        unknown = sorted(set(changes) - set(Resources.__dataclass_fields__))
-        if unknown:
-            raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(Resources.__dataclass_fields__)}")
-        merged = Resources(**{**asdict(self), **changes})
-        merged.validate(where)
-        return merged
 
 
 @dataclass
@@ -187,33 +174,71 @@ class PlannedRun:
         return self.run_dir / LOG_SUBDIR
 
 
+@dataclass
+class SpecFile:
+    """The keys of a sweep spec file as the parser checks them (types, unknown and missing keys); what they mean is
+    in the module docstring. Paths stay text until resolved against the work folder."""
+
+    base: str | list[str]
+    runs: dict
+    """Variant name -> a delta path, a list of them, null, or a mapping of :class:`VariantFile` keys."""
+    name: str | None = None
+    out: str | None = None
+    workdir: str | None = None
+    seeds: int | list[int] = field(default_factory=lambda: [0])
+    overrides: dict | None = None
+    launcher: dict | None = None
+    """:class:`Resources` keys; a variant's ``launcher`` is merged over it, then the result is parsed."""
+    checkpoint_every_n_steps: int | None = None
+
+
+@dataclass
+class VariantFile:
+    """The keys of one variant's mapping under ``runs``."""
+
+    deltas: str | list[str] = field(default_factory=list)
+    overrides: dict | None = None
+    launcher: dict | None = None
+
+
 # ---------------------------------------------------------------------------------------------------- loading
-def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, (int, float)):
-        raise SpecError(f"{where}: expected {what}, got {value!r}")
-    return value
+T = TypeVar("T")
 
 
-def _check_keys(mapping: dict, allowed: Iterable[str], where: str) -> None:
-    unknown = sorted(set(mapping) - set(allowed))
-    if unknown:
-        raise SpecError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}")
+@functools.cache
+def _parser(cls: type) -> Any:
+    """The jsonargparse parser of one of the spec's dataclasses (built once per class; parsing does not change it)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="avp sweep", exit_on_error=False, default_env=False)
+    parser.add_class_arguments(cls, None, fail_untyped=True)
+    return parser
 
 
-def _overrides(value: Any, where: str) -> dict[str, Any]:
-    value = {} if value is None else _expect(value, dict, where, "a mapping of dotted keys to values")
-    for key in value:
+def parse_keys(cls: type[T], data: Any, where: str) -> T:
+    """``data``, a mapping of ``cls``'s fields, type-checked and built by jsonargparse; errors name ``where`` (the
+    spec file, and the key path inside it) and jsonargparse's message names the key."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping of {', '.join(f.name for f in fields(cls))}, got {data!r}")
+    parser = _parser(cls)
+    try:
+        namespace = parser.parse_object(data)
+    except argparse.ArgumentError as e:
+        raise SpecError(f"{where}: {e}") from None
+    built = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(namespace)  # renamed in 4.49
+    return cls(**{f.name: built[f.name] for f in fields(cls)})
+
+
+def _overrides(value: dict | None, where: str) -> dict[str, Any]:
+    for key in value or {}:
         if not isinstance(key, str) or not re.match(r"^[A-Za-z_][\w.]*$", key):
             raise SpecError(f"{where}: {key!r} is not a dotted config key (e.g. trainer.max_steps)")
-    return dict(value)
+    return dict(value or {})
 
 
-def _paths(value: Any, root: Path, where: str) -> list[Path]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
-        raise SpecError(f"{where}: expected a path or a list of paths, got {value!r}")
+def _paths(value: str | list[str], root: Path, where: str) -> list[Path]:
     paths = []
-    for item in items:
+    for item in [value] if isinstance(value, str) else value:
         path = (root / item).resolve()
         if not path.is_file():
             raise SpecError(f"{where}: {item} does not exist (relative paths are resolved against {root})")
@@ -221,8 +246,29 @@ def _paths(value: Any, root: Path, where: str) -> list[Path]:
     return paths
 
 
+def _resources(launcher: dict[str, Any], where: str) -> Resources:
+    resources = parse_keys(Resources, launcher, where)
+    resources.validate(where)
+    return resources
+
+
+def _variant(name: Any, body: Any, launcher: dict | None, root: Path, where: str) -> Variant:
+    """One entry of ``runs``; ``launcher`` is the spec's, which the variant's own ``launcher`` keys override."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SpecError(f"{where}: {name!r} is not a usable folder name")
+    if body is None:
+        body = {}
+    elif isinstance(body, (str, list)):
+        body = {"deltas": body}
+    keys = parse_keys(VariantFile, body, where)
+    return Variant(name, _paths(keys.deltas, root, f"{where}.deltas"),
+                   _overrides(body.get("overrides"), f"{where}.overrides"),
+                   _resources({**(launcher or {}), **(body.get("launcher") or {})}, f"{where}.launcher"))
+
+
 def load_spec(path: str | Path, *, workdir: str | Path | None = None) -> SweepSpec:
-    """Read and validate a sweep spec; every error names the spec file and the key."""
+    """Read and validate a sweep spec; every error names the spec file and the key (types, unknown and missing keys
+    in jsonargparse's words, :func:`parse_keys`; ranges, paths and names in ours)."""
     path = Path(path)
     where = str(path)
     try:
@@ -231,59 +277,39 @@ def load_spec(path: str | Path, *, workdir: str | Path | None = None) -> SweepSp
         raise SpecError(f"{where}: cannot read the sweep spec ({e.strerror})") from e
     except yaml.YAMLError as e:
         raise SpecError(f"{where}: not valid YAML: {e}") from e
-    raw = _expect(raw, dict, where, "a mapping with keys base, runs, …")
-    _check_keys(raw, SPEC_KEYS, where)
-    for key in ("base", "runs"):
-        if key not in raw:
-            raise SpecError(f"{where}: missing required key '{key}'")
+    spec = parse_keys(SpecFile, raw, where)
+    # the mappings (runs, overrides, launcher) are read from ``raw``: the parser checked they are mappings but
+    # YAML-parses text values inside them once more ("null" would become None, "1" a number), and their contents
+    # are checked where they are used (variants and launchers by the parser, overrides by the real CLI)
 
-    root = Path(workdir) if workdir is not None else Path(raw.get("workdir") or ".")
+    root = Path(workdir) if workdir is not None else Path(spec.workdir or ".")
     root = root.resolve()
     if not root.is_dir():
         raise SpecError(f"{where}.workdir: {root} is not a directory")
-    name = raw.get("name", path.stem.removesuffix(".sweep"))
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    name = spec.name if spec.name is not None else path.stem.removesuffix(".sweep")
+    if not NAME_PATTERN.match(name):
         raise SpecError(f"{where}.name: {name!r} is not a usable folder name")
-    out = (root / _expect(raw.get("out", f"runs/{name}"), str, f"{where}.out", "a path")).resolve()
-    base = _paths(raw["base"], root, f"{where}.base")
+    out = (root / (spec.out if spec.out is not None else f"runs/{name}")).resolve()
+    base = _paths(spec.base, root, f"{where}.base")
     if not base:
         raise SpecError(f"{where}.base: needs at least one config")
 
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    seeds = spec.seeds
+    if isinstance(seeds, int):
         if seeds < 1:
             raise SpecError(f"{where}.seeds: a count must be >= 1, got {seeds}")
         seeds = list(range(seeds))
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds)):
+    if not seeds or len(set(seeds)) != len(seeds):
         raise SpecError(f"{where}.seeds: expected a count or a list of distinct integers, got {seeds!r}")
-
-    every = raw.get("checkpoint_every_n_steps")
-    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+    every = spec.checkpoint_every_n_steps
+    if every is not None and every < 1:
         raise SpecError(f"{where}.checkpoint_every_n_steps: expected an integer >= 1 or null, got {every!r}")
 
-    launcher = raw.get("launcher") or {}
-    _expect(launcher, dict, f"{where}.launcher", "a mapping")
-    resources = Resources().updated(launcher, f"{where}.launcher")
-
-    runs = _expect(raw["runs"], dict, f"{where}.runs", "a mapping of variant names to deltas")
-    if not runs:
+    resources = _resources(raw.get("launcher") or {}, f"{where}.launcher")
+    if not spec.runs:
         raise SpecError(f"{where}.runs: needs at least one variant")
-    variants = []
-    for vname, body in runs.items():
-        vwhere = f"{where}.runs.{vname}"
-        if not isinstance(vname, str) or not NAME_PATTERN.match(vname):
-            raise SpecError(f"{vwhere}: {vname!r} is not a usable folder name")
-        if body is None:
-            body = {}
-        elif isinstance(body, (str, list)):
-            body = {"deltas": body}
-        _expect(body, dict, vwhere, "a delta path, a list of them, or a mapping with deltas/overrides/launcher")
-        _check_keys(body, VARIANT_KEYS, vwhere)
-        deltas = _paths(body.get("deltas", []), root, f"{vwhere}.deltas")
-        vlauncher = _expect(body.get("launcher") or {}, dict, f"{vwhere}.launcher", "a mapping")
-        variants.append(Variant(vname, deltas, _overrides(body.get("overrides"), f"{vwhere}.overrides"),
-                                resources.updated(vlauncher, f"{vwhere}.launcher")))
+    variants = [_variant(vname, body, raw.get("launcher"), root, f"{where}.runs.{vname}")
+                for vname, body in raw["runs"].items()]
     return SweepSpec(path=path.resolve(), name=name, out=out, workdir=root, base=base, seeds=seeds,
                      overrides=_overrides(raw.get("overrides"), f"{where}.overrides"), variants=variants,
                      resources=resources, checkpoint_every_n_steps=every)

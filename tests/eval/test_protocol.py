@@ -1,5 +1,6 @@
 """Evaluation protocols: the shipped YAML files load, round-trip and are recorded whole; every bad key or value is
-refused with a message naming the file and the key; overrides go through the same checks."""
+refused with a message naming the file and the key (jsonargparse's for types, choices and unknown or missing keys;
+ours for ranges and consistency); overrides are the parser's own flags and go through the same checks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from avp.eval.protocol import (
     DEFAULT_COLUMNS,
     EvalProtocol,
     ProtocolError,
-    apply_overrides,
     load_protocol,
     protocol_from_dict,
 )
@@ -65,26 +65,31 @@ def test_round_trip_and_record(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d["render"].update(resolutoin=64), "render.resolutoin: unknown key"),
-    (lambda d: d["render"].update(resolution="big"), "render.resolution: expected an integer, got 'big'"),
+    # types, choices, unknown and missing keys: jsonargparse's errors (they name the key)
+    (lambda d: d["render"].update(resolutoin=64), "render' does not accept option 'resolutoin'"),
+    (lambda d: d.update(bogus=1), "'bogus' is not accepted"),
+    (lambda d: d["render"].update(resolution="big"), 'Parser key "render.resolution"'),
+    (lambda d: d.pop("version"), "required: version"),
+    (lambda d: d.update(task="both"), 'Parser key "task"'),
+    (lambda d: d["masks"].update(use="maybe"), 'Parser key "masks.use"'),
+    (lambda d: d["render"].update(background="grey"), 'Parser key "render.background"'),
+    (lambda d: d["render"].update(rig_identity="mean"), 'Parser key "render.rig_identity"'),
+    (lambda d: d["weights"].update(lpips_net="resnet"), 'Parser key "weights.lpips_net"'),
+    (lambda d: d["reference"].update(teacher_animation="rigid"), 'Parser key "reference.teacher_animation"'),
+    (lambda d: d["sampling"].update(seed=1.5), 'Parser key "sampling.seed"'),
+    (lambda d: d.update(data=[]), "data: expected a mapping of DataSelection fields"),
+    # ranges and consistency: ours
     (lambda d: d["render"].update(resolution=8), "render.resolution: must be >= 16"),
-    (lambda d: d.pop("version"), "version: required key is missing"),
-    (lambda d: d.update(task="both"), "task: must be one of ['self', 'cross']"),
     (lambda d: d["sampling"].update(top_p=1.5), "sampling.top_p: must be in (0, 1]"),
     (lambda d: d["sampling"].update(temperature=-1), "sampling.temperature: must be >= 0"),
-    (lambda d: d["masks"].update(use="yes"), "masks.use: expected true or false, got 'yes'"),
     (lambda d: d["frames"].update(indices=[0, 0]), "frames.indices: indices must be distinct"),
     (lambda d: d["views"].update(indices=[]), "views.indices: must not be empty"),
-    (lambda d: d["render"].update(background="grey"), "render.background: must be one of"),
     (lambda d: d["render"].update(background=[1, 1]), "render.background: an [r, g, b] colour needs three"),
-    (lambda d: d["render"].update(rig_identity="mean"), "render.rig_identity: must be one of"),
     (lambda d: d.update(pairs={"shift": 1}), "pairs: only cross-reenactment protocols pair subjects"),
     (lambda d: d.update(task="cross"), "pairs: cross-reenactment needs a pairs section"),
     (lambda d: d["data"].update(subjects=["a", "a"]), "data.subjects: lists a subject twice"),
     (lambda d: d["face"].update(views=[7], resolution=256) or d["views"].update(indices=[0]),
      "face.views: [7] must be among views.indices"),
-    (lambda d: d["weights"].update(lpips_net="resnet"), "weights.lpips_net: must be alex, vgg or squeeze"),
-    (lambda d: d.update(data=[]), "data: expected a mapping of DataSelection fields"),
 ])
 def test_bad_protocols_name_the_file_and_the_key(tmp_path: Path, edit, message: str) -> None:
     data = _base()
@@ -92,7 +97,10 @@ def test_bad_protocols_name_the_file_and_the_key(tmp_path: Path, edit, message: 
     path = _write(tmp_path, data)
     with pytest.raises(ProtocolError) as err:
         load_protocol(path)
-    assert str(path) in str(err.value) and message in str(err.value)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    with pytest.raises(ProtocolError) as err:  # plain data goes through the same checks
+        protocol_from_dict(data, "where")
+    assert str(err.value).startswith("where: ") and message in str(err.value)
 
 
 def test_file_level_errors(tmp_path: Path) -> None:
@@ -107,7 +115,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_protocol(bad)
 
 
-def test_overrides_change_values_and_go_through_the_same_checks() -> None:
+def test_overrides_change_values_and_go_through_the_same_checks(tmp_path: Path) -> None:
     path = CONFIGS / "self_reenactment.yaml"
     p = load_protocol(path, ["render.resolution=64", "views.indices=[0, 2]", "data.subjects=null",
                              "sampling.temperature=0.5", "report.columns=[psnr, ssim]"])
@@ -115,14 +123,27 @@ def test_overrides_change_values_and_go_through_the_same_checks() -> None:
     assert p.columns() == ["psnr", "ssim"]
     cross = load_protocol(CONFIGS / "cross_reenactment.yaml", ["pairs.explicit=[[a, b]]"])
     assert cross.pairs is not None and cross.pairs.explicit == [["a", "b"]]
-    with pytest.raises(ProtocolError, match=r"render\.resolutoin is not a protocol key"):
-        load_protocol(path, ["render.resolutoin=64"])
+    selfp = load_protocol(path, ["pairs.shift=2", "task=cross", "reference.teacher=false"])
+    assert selfp.task == "cross" and selfp.pairs is not None and selfp.pairs.shift == 2
+    assert not selfp.reference.teacher
+    # an error names the file, the override that brought it in and the key
+    for items, message in ((["render.resolution=64", "render.resolutoin=64"], "--render.resolutoin=64"),
+                           (["render.resolution=large"], 'Parser key "render.resolution"'),
+                           (["version.major=2"], 'Parser key "version"'),
+                           (["render.background=grey"], 'Parser key "render.background"')):
+        with pytest.raises(ProtocolError) as err:
+            load_protocol(path, items)
+        assert str(err.value).startswith(f"{path}: override {items[-1]!r}: ") and message in str(err.value)
     with pytest.raises(ProtocolError, match="expected KEY=VALUE"):
         load_protocol(path, ["render.resolution"])
-    with pytest.raises(ProtocolError, match="render.resolution: expected an integer"):
-        load_protocol(path, ["render.resolution=large"])
-    with pytest.raises(ProtocolError, match="version has no sub-keys"):
-        apply_overrides(_base(), ["version.major=2"])
+    with pytest.raises(ProtocolError, match=f"{path}: render.resolution: must be >= 16"):  # ranges after overrides
+        load_protocol(path, ["render.resolution=8"])
+    # a file error is the file's, whatever the overrides
+    bad = _base()
+    bad["render"]["resolution"] = "big"
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(_write(tmp_path, bad), ["render.resolution=64"])
+    assert ": override " not in str(err.value) and 'Parser key "render.resolution"' in str(err.value)
 
 
 def test_defaults_are_a_complete_self_protocol() -> None:

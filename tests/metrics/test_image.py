@@ -11,6 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from avp.metrics import PSNR, SSIM, Unavailable, psnr, ssim
+from avp.ssim import ssim as one_ssim
 from tests.face.photos import as_tensor, astronaut
 
 C1, C2 = 0.01**2, 0.03**2
@@ -41,8 +42,23 @@ def test_unmasked_values_match_torchmetrics_and_skimage() -> None:
     for i in range(3):
         sk = sk_psnr(target[i].numpy().astype(np.float64), preds[i].numpy().astype(np.float64), data_range=1.0)
         assert ours[i].item() == pytest.approx(sk, abs=1e-3)
+    # float32 rounding alone separates the two (another summation order; see tests/test_ssim.py)
     torch.testing.assert_close(ssim(preds, target),
-                               structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none"))
+                               structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none"),
+                               rtol=0, atol=1e-4)
+
+
+def test_ssim_is_the_one_ssim_in_float32() -> None:
+    """The metric evaluates :func:`avp.ssim.ssim_map` (the decoder loss's SSIM) on float32 images: unmasked it is
+    exactly :func:`avp.ssim.ssim`, and a full mask gives the same value."""
+    preds, target = _pair()
+    expected = one_ssim(preds, target)
+    assert torch.equal(ssim(preds, target), expected)
+    assert torch.equal(ssim(preds.double(), target.double()), expected)  # evaluated in float32 whatever comes in
+    torch.testing.assert_close(ssim(preds, target, torch.ones(3, 1, 40, 48)), expected, rtol=0, atol=1e-6)
+    metric = SSIM()
+    metric.update(preds, target)
+    assert metric.compute().item() == pytest.approx(expected.double().mean().item(), abs=1e-7)
 
 
 def test_ssim_map_is_the_standard_one_where_the_window_fits() -> None:
