@@ -371,4 +371,5 @@ def bank_inputs(model: AvatarModel, batch: AvatarBatch, condition: Tensor, entri
     for i, s in enumerate(seqs):
         tokens[i, : len(s)] = s
     return model.prepare_tokens(condition, tokens, lengths, torch.tensor(finished, device=device), portrait,
-                                batch.portrait_head, batch.head.shape, batch.portrait_camera)
+                                batch.portrait_head, batch.head.shape, batch.portrait_camera,
+                                static_offset=batch.static_offset)

@@ -264,6 +264,10 @@ class AvatarBatch(TensorContainer):
     head: HeadParams
     """Head parameters of the target frames: ``[B, T, ...]`` per frame, except the identity ``shape [B, S]``, which
     is the subject's and the same in every frame (animation reads the per-frame fields; the rig holds the shape)."""
+    static_offset: Tensor | None = None
+    """``[B, V, 3]`` the subjects' tracked per-vertex offsets of the head model's ``V`` vertices, metres (VHAP's and
+    GaussianAvatars' FLAME ``static_offset``), part of each subject's neutral mesh like ``head.shape``: the rig poses
+    and binds on ``canonical(shape) + static_offset``. None when no sample has one (synthetic data): zero offsets."""
     masks: Tensor | None = None
     """``[B, T, V, 1, H, W]`` foreground masks in 0..1, when the shards have them."""
     frame_index: Tensor | None = None

@@ -3,8 +3,10 @@
 Every check raises :class:`~avp.data.layout.ShardError` naming the shard, the sample, the member and the field, with
 a ``reason`` (:data:`~avp.data.layout.REASONS`) that skip counts are grouped by. Presence, type, dtype and shape are
 checked first, then values: finite numbers, ranges, camera sanity (pinhole intrinsics with positive focal lengths,
-rigid world-to-camera transforms), bindings inside the head model, and, when the shard comes from a manifest, the
-sample's head model, split and subject against it (:class:`ShardExpectation`).
+rigid world-to-camera transforms), bindings inside the head model, the optional ``static_offset`` of ``head.npz``
+(one finite offset per vertex of the head model, where its vertex count is known: :func:`head_vertex_count`) and,
+when the shard comes from a manifest, the sample's head model, split and subject against it
+(:class:`ShardExpectation`).
 
 The ranges are wide on purpose: they refuse what cannot be a head captured in metres (a unit mix-up, garbage bytes
 that decode to huge numbers, a scale whose exponential overflows in the renderer), never a plausible fit.
@@ -34,6 +36,7 @@ from avp.data.layout import (
     TeacherGaussians,
     Where,
 )
+from avp.head.flame import FLAME_N_FACES, FLAME_N_VERTICES, N_TEETH_FACES, N_TEETH_VERTICES
 from avp.render.sh import MAX_DEGREE
 
 FLOAT_MAX_ABS = 1e6
@@ -50,6 +53,15 @@ MAX_META_INT = 2**31 - 1
 """Bound on the sizes and counts of ``meta.json``."""
 RIGID_ATOL = 1e-3
 """Tolerance of ``R R^T = I`` for the rotation part of ``viewmats`` (float32 storage of a float64 rotation)."""
+
+STATIC_OFFSET = "static_offset"
+"""Optional array of ``head.npz``: the subject's tracked per-vertex offsets ``[V, 3]`` float32, metres (VHAP's and
+GaussianAvatars' FLAME ``static_offset``, part of the subject's neutral mesh like ``shape``)."""
+HEAD_OPTIONAL = (STATIC_OFFSET,)
+"""Optional arrays of the head members (absent in synthetic shards and in shards written before they existed)."""
+FLAME_VERTEX_COUNTS = {FLAME_N_FACES: FLAME_N_VERTICES,
+                       FLAME_N_FACES + N_TEETH_FACES: FLAME_N_VERTICES + N_TEETH_VERTICES}
+"""FLAME's fixed topology: faces -> vertices, without and with GaussianAvatars' teeth."""
 
 POSITIVE_META = ("width", "height", "views", "frames", "n_faces", "portrait_width", "portrait_height", "n_points")
 NON_NEGATIVE_META = ("n_shape", "n_expr")
@@ -206,14 +218,32 @@ def check_cameras(arrays: Mapping[str, np.ndarray], member: str, n: int, where: 
     return CameraArrays(Ks=Ks, viewmats=viewmats, width=size[0], height=size[1])
 
 
+def head_vertex_count(meta: dict[str, Any]) -> int | None:
+    """The vertex count of the sample's head model where ``meta.json`` tells it (FLAME, with or without teeth, by its
+    fixed topology), else None."""
+    if str(meta["head_model"]).startswith("flame"):
+        return FLAME_VERTEX_COUNTS.get(meta["n_faces"])
+    return None
+
+
 def check_head(arrays: Mapping[str, np.ndarray], member: str, meta: dict[str, Any], frames: int | None,
                where: Where) -> dict[str, np.ndarray]:
-    """Head parameters: ``shape [S]`` and the other fields ``[frames, C]`` (``[C]`` when ``frames`` is None)."""
+    """Head parameters: ``shape [S]`` and the other fields ``[frames, C]`` (``[C]`` when ``frames`` is None), plus
+    the optional ``static_offset [V, 3]`` float32 (finite, ``V`` the head model's vertex count where known), returned
+    only when present."""
     lead = () if frames is None else (frames,)
     out = {"shape": check_array(arrays, "shape", member, where, shape=(meta["n_shape"],), max_abs=HEAD_MAX_ABS),
            "expr": check_array(arrays, "expr", member, where, shape=(*lead, meta["n_expr"]), max_abs=HEAD_MAX_ABS)}
     for name, width in HEAD_WIDTHS.items():
         out[name] = check_array(arrays, name, member, where, shape=(*lead, width), max_abs=HEAD_MAX_ABS)
+    if STATIC_OFFSET in arrays:
+        offset = check_array(arrays, STATIC_OFFSET, member, where, shape=(None, 3), max_abs=MEANS_MAX_ABS)
+        n_vertices = head_vertex_count(meta)
+        if n_vertices is not None and offset.shape[0] != n_vertices:
+            raise where.error(member, f"array {STATIC_OFFSET!r} has {offset.shape[0]} vertices, but head model "
+                                      f"{meta['head_model']!r} ({meta['n_faces']} faces) has {n_vertices}",
+                              STATIC_OFFSET)
+        out[STATIC_OFFSET] = offset
     return out
 
 
@@ -257,7 +287,7 @@ def check_sizes(meta: dict[str, Any], cameras: CameraArrays, portrait_camera: Ca
 
 
 __all__ = [
-    "FLOAT_MAX_ABS", "HEAD_MAX_ABS", "LOG_SCALE_RANGE", "MAX_META_INT", "MEANS_MAX_ABS", "RIGID_ATOL",
-    "ShardExpectation", "check_against_manifest", "check_array", "check_cameras", "check_gaussians", "check_head",
-    "check_meta", "check_sizes",
+    "FLAME_VERTEX_COUNTS", "FLOAT_MAX_ABS", "HEAD_MAX_ABS", "HEAD_OPTIONAL", "LOG_SCALE_RANGE", "MAX_META_INT",
+    "MEANS_MAX_ABS", "RIGID_ATOL", "STATIC_OFFSET", "ShardExpectation", "check_against_manifest", "check_array",
+    "check_cameras", "check_gaussians", "check_head", "check_meta", "check_sizes", "head_vertex_count",
 ]

@@ -63,9 +63,10 @@ def _synth(argv: list[str]) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    from avp.data.convert_gaussian_avatars import convert, default_ids
+    from avp.data.convert_gaussian_avatars import ConversionError, convert, default_ids
     from avp.data.manifest import split_for_subject
     from avp.head import HeadConfig, load_head_model
+    from avp.head.flame import FlameVersionError
 
     p = argparse.ArgumentParser(prog="avp data convert",
                                 description="Convert a GaussianAvatars fit and its VHAP export into a shard.")
@@ -79,6 +80,9 @@ def _convert(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="dataset folder (shard written there, shards.json updated)")
     p.add_argument("--flame", required=True, help="FLAME pickle (flame2023.pkl or generic_model.pkl)")
     p.add_argument("--flame-masks", default=None, help="FLAME_masks.pkl (optional, for face regions)")
+    p.add_argument("--fit-flame-version", choices=("2020", "2023"), default="2023",
+                   help="the FLAME release the fit was tracked with (default 2023, GaussianAvatars' and VHAP's); "
+                        "a --flame file of another release is refused")
     p.add_argument("--n-shape", type=int, default=300, help="shape components (GaussianAvatars: 300)")
     p.add_argument("--n-expr", type=int, default=100, help="expression components (GaussianAvatars: 100)")
     p.add_argument("--subject", default=None, help="subject id (default: from the export folder name)")
@@ -107,13 +111,17 @@ def _convert(argv: list[str]) -> int:
                                       flame_masks_path=a.flame_masks))
     subject = a.subject or default_ids(Path(a.source_sequence or a.export_dir))[0]
     split = a.split or split_for_subject(subject, dict(zip(("train", "val", "test"), a.split_fractions)))
-    path = convert(head, a.ga_dir, a.export_dir, a.out, index=not a.no_index, jpeg_quality=a.jpeg_quality,
-                   subject=subject, sequence=a.sequence, split=split, size=a.size, portrait_size=a.portrait_size,
-                   max_frames=a.frames, cameras=a.cameras, frame_format=a.format, max_points=a.max_points,
-                   portrait_camera=a.portrait_camera, portrait_timestep=a.portrait_timestep,
-                   flame_source=a.flame_source, static_offset=not a.no_static_offset,
-                   legacy_quat_order=a.legacy_quat_order, principal_point=a.principal_point,
-                   source_sequence=a.source_sequence)
+    try:
+        path = convert(head, a.ga_dir, a.export_dir, a.out, index=not a.no_index, jpeg_quality=a.jpeg_quality,
+                       subject=subject, sequence=a.sequence, split=split, size=a.size, portrait_size=a.portrait_size,
+                       max_frames=a.frames, cameras=a.cameras, frame_format=a.format, max_points=a.max_points,
+                       portrait_camera=a.portrait_camera, portrait_timestep=a.portrait_timestep,
+                       flame_source=a.flame_source, static_offset=not a.no_static_offset,
+                       legacy_quat_order=a.legacy_quat_order, principal_point=a.principal_point,
+                       source_sequence=a.source_sequence, fit_flame_version=a.fit_flame_version)
+    except (ConversionError, FlameVersionError) as e:
+        print(f"avp data convert: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"shard": str(path), "subject": subject, "split": split}))
     return 0
 

@@ -4,6 +4,9 @@ Part of the schema (:mod:`avp.data.schema` documents it and re-exports everythin
 validation every reader shares: :func:`decode_meta` checks ``meta.json`` (and, given the manifest's
 :class:`~avp.data.checks.ShardExpectation`, the sample's head model, split and subject), :func:`decode_sample` every
 member; :func:`check_sample` applies the same rules to a sample about to be written.
+
+``head.npz`` may also hold the optional ``static_offset [V, 3]`` (:data:`~avp.data.checks.STATIC_OFFSET`): written
+when ``sample.head`` has it, decoded into ``sample.head`` when the member has it; shards without it read as before.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from avp.data.checks import (
+    HEAD_OPTIONAL,
     ShardExpectation,
     check_against_manifest,
     check_cameras,
@@ -87,6 +91,12 @@ def _gaussian_arrays(g: TeacherGaussians) -> dict[str, np.ndarray]:
             "quats": g.quats.astype(np.float32), "sh": g.sh.astype(np.float32)}
 
 
+def _head_arrays(head: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of ``head.npz`` as stored (float32): the head fields, then the optional ones ``head`` has."""
+    return {k: np.asarray(head[k]).astype(np.float32)
+            for k in (*HEAD_PARAM_FIELDS, *(o for o in HEAD_OPTIONAL if o in head))}
+
+
 def encode_sample(sample: ClipSample, *, jpeg_quality: int = 95) -> dict[str, bytes]:
     """Member name -> bytes (plus ``__key__``) for one clip; validates before encoding.
 
@@ -101,7 +111,7 @@ def encode_sample(sample: ClipSample, *, jpeg_quality: int = 95) -> dict[str, by
     out[PORTRAIT_HEAD] = npz_bytes({k: sample.portrait_head[k].astype(np.float32) for k in HEAD_PARAM_FIELDS})
     out[PORTRAIT_CAMERA] = npz_bytes(_camera_arrays(sample.portrait_camera))
     out[CAMERAS] = npz_bytes(_camera_arrays(sample.cameras))
-    out[HEAD] = npz_bytes({k: sample.head[k].astype(np.float32) for k in HEAD_PARAM_FIELDS})
+    out[HEAD] = npz_bytes(_head_arrays(sample.head))
     out[GAUSSIANS] = npz_bytes(_gaussian_arrays(sample.gaussians))
     assert sample.frames is not None
     fmt = meta["frame_format"]
@@ -236,7 +246,7 @@ def check_sample(sample: ClipSample, *, shard: str | None = None, full: bool = F
     T, V, H, W = meta["frames"], meta["views"], meta["height"], meta["width"]
 
     def as_float32(obj: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v).astype(np.float32) if k in HEAD_PARAM_FIELDS else np.asarray(v)
+        return {k: np.asarray(v).astype(np.float32) if k in (*HEAD_PARAM_FIELDS, *HEAD_OPTIONAL) else np.asarray(v)
                 for k, v in obj.items()}
 
     check_head(as_float32(sample.portrait_head), PORTRAIT_HEAD, meta, None, where)

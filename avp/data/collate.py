@@ -55,18 +55,26 @@ def _check_compatible(items: list[ClipItem]) -> None:
         if it.head_model != first.head_model:
             raise ValueError(f"samples {first.key!r} and {it.key!r} come from different head models "
                              f"({first.head_model!r} vs {it.head_model!r})")
+    with_offset = [it.key for it in items if it.static_offset is not None]
+    if with_offset and len(with_offset) < len(items):
+        without = [it.key for it in items if it.static_offset is None]
+        raise ValueError(f"samples {with_offset} carry a static_offset (tracked per-vertex head offsets) but samples "
+                         f"{without} do not; a batch poses all its subjects one way: keep shards converted with and "
+                         "without static offsets (avp data convert --no-static-offset) in separate datasets")
 
 
 def collate(items: list[ClipItem], *, corrupt: CorruptionCounts | None = None) -> AvatarBatch:
     """Stack items into an :class:`AvatarBatch`, padding teacher clouds to the largest ``N`` (``teacher.mask``).
 
     ``corrupt``: the samples the stream skipped since its previous batch, carried by this one. The identity stays
-    per subject (``head.shape [B, S]``); every other head field gets the frame dimension ``[B, T, ...]``.
+    per subject (``head.shape [B, S]``, ``static_offset [B, V, 3]`` or None when no sample has one; a batch mixing
+    samples with and without is refused); every other head field gets the frame dimension ``[B, T, ...]``.
     """
     if not items:
         raise ValueError("collate needs at least one item")
     _check_compatible(items)
     first = items[0]
+    with_offset = first.static_offset is not None  # all or none (checked)
     n = max(it.binding.shape[0] for it in items)
     lengths = torch.tensor([it.binding.shape[0] for it in items])
     mask = torch.arange(n)[None] < lengths[:, None]
@@ -101,6 +109,7 @@ def collate(items: list[ClipItem], *, corrupt: CorruptionCounts | None = None) -
         images=_stack([it.images for it in items]),
         cameras=_stack_cameras([it.cameras for it in items]),
         head=head,
+        static_offset=_stack([it.static_offset for it in items]) if with_offset else None,
         masks=_stack([it.masks for it in items]) if has_masks else None,
         frame_index=torch.stack([it.frame_index for it in items]),
         view_index=torch.stack([it.view_index for it in items]),

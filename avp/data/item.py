@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avp.data.checks import STATIC_OFFSET
 from avp.data.schema import ShardExpectation, decode_meta, decode_sample
 from avp.types import HEAD_PARAM_FIELDS, Cameras, HeadParams
 
@@ -49,6 +50,9 @@ class ClipItem:
     """``[V]`` long."""
     background: torch.Tensor
     """``[3]`` the clip's background colour."""
+    static_offset: torch.Tensor | None = None
+    """``[V, 3]`` the subject's tracked per-vertex offsets (``head.npz``'s ``static_offset``), None when the shard has
+    none."""
 
 
 def _choose(n_available: int, n_wanted: int, rng: np.random.Generator) -> list[int]:
@@ -151,6 +155,7 @@ def sample_to_item(raw: dict[str, bytes], rng: np.random.Generator, *, frames_pe
                            for k in HEAD_PARAM_FIELDS}),
         frame_index=torch.tensor(fi, dtype=torch.long), view_index=torch.tensor(vi, dtype=torch.long),
         background=background,
+        static_offset=torch.from_numpy(s.head[STATIC_OFFSET]) if STATIC_OFFSET in s.head else None,
     )
 
 

@@ -21,7 +21,9 @@ member                    content
                           ``width``, ``height`` (int64 scalars)
 ``head.npz``              per-timestep head parameters: ``shape [S]`` (the subject's identity) and
                           ``expr [T, E]``, ``global_rot [T, 3]``, ``neck_pose [T, 3]``, ``jaw_pose [T, 3]``,
-                          ``eyes_pose [T, 6]``, ``translation [T, 3]`` (float32)
+                          ``eyes_pose [T, 6]``, ``translation [T, 3]`` (float32); optional
+                          ``static_offset [V, 3]`` float32 metres, the subject's tracked per-vertex offsets
+                          (VHAP/GaussianAvatars; ``V`` the head model's vertices), posing and binding use it
 ``gaussians.npz``         the teacher fit in the subject's canonical space (its own neutral head):
                           ``means [N, 3]`` metres, ``binding [N]`` int32 face ids, ``log_scales [N, 3]``,
                           ``opacity_logits [N]``, ``quats [N, 4]`` (wxyz, unit), ``sh [N, K, 3]`` (gsplat

@@ -40,11 +40,15 @@ class SourceClip:
     """The portrait's camera (``Ks [1, 1, 3, 3]``), for decoders that sample the portrait where points project."""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The sample's ``meta.json`` (a synthetic subject's teacher can be resampled from it)."""
+    static_offset: Tensor | None = None
+    """``[1, V, 3]`` the clip's tracked per-vertex offsets (part of its neutral mesh with ``shape``), when the shard
+    has them."""
 
     def to(self, device: torch.device) -> SourceClip:
         return dataclasses.replace(self, portrait=self.portrait.to(device), portrait_head=self.portrait_head.to(device),
                                    shape=self.shape.to(device), teacher=self.teacher.to(device),
                                    binding=self.binding.to(device),
+                                   static_offset=None if self.static_offset is None else self.static_offset.to(device),
                                    portrait_camera=None if self.portrait_camera is None
                                    else self.portrait_camera.to(device))
 
@@ -110,6 +114,8 @@ def source_from_sample(sample: Any) -> SourceClip:
                                 viewmats=torch.from_numpy(sample.portrait_camera.viewmats)[None],
                                 width=sample.portrait_camera.width, height=sample.portrait_camera.height),
         meta=meta,
+        static_offset=torch.from_numpy(np.asarray(sample.head["static_offset"])).float()[None]
+        if "static_offset" in sample.head else None,
     )
 
 

@@ -9,6 +9,10 @@ the runner animates and renders like any other.
 - ``template``: a decoder checkpoint trained with ``points: template`` on its fixed head-surface points (the paper's
   "FLAME position" baseline);
 - ``teacher``: the shard's teacher fit itself, rendered (the upper bound on these views).
+
+A clip's tracked ``static_offset`` (shards converted from VHAP/GaussianAvatars fits) belongs to its tracked identity:
+the teacher row and the decoder rows bound to the clip's identity (``rig_identity: clip``) bind and pose on the offset
+mesh; bound to the portrait's identity (``portrait``, as ``avp avatarize`` has no tracked offset) they do not.
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ class DecoderMethod(Method):
     def build(self, source: SourceClip, seed: int) -> Avatar:
         device = source.portrait.device
         generator = torch.Generator(device=device).manual_seed(seed) if self.points == "generated" else None
-        shape = source.shape if self.rig_identity == "clip" else source.portrait_head.shape
+        clip = self.rig_identity == "clip"
+        shape = source.shape if clip else source.portrait_head.shape
+        offset = source.static_offset if clip else None
         teacher, binding = source.teacher, source.binding
         if self.points == "resampled":
             from avp.data.schema import teacher_cloud
@@ -80,7 +86,7 @@ class DecoderMethod(Method):
                                          teacher_means=teacher.means, teacher_binding=binding,
                                          teacher_mask=teacher.valid_mask(), shape=shape,
                                          sampling=self.sampling, generator=generator,
-                                         portrait_camera=source.portrait_camera)
+                                         portrait_camera=source.portrait_camera, static_offset=offset)
             return self.model.avatar(inputs, self.model.decode(inputs), portrait_head=source.portrait_head)
 
     def describe(self) -> dict[str, Any]:
@@ -106,7 +112,7 @@ class TeacherMethod(Method):
         if mode == "auto":
             mode = "face_frame" if source.source == "gaussian_avatars" else "lbs"
         with torch.no_grad():
-            rig = self.head_model.rig(source.binding, source.teacher.means, source.shape)
+            rig = self.head_model.rig(source.binding, source.teacher.means, source.shape, source.static_offset)
         return Avatar(cloud=source.teacher, binding=source.binding[0], points=source.teacher.means[0],
                       shape=source.shape[0], head_model=self.head_model, rig=rig, animation=mode,
                       portrait_head=source.portrait_head)

@@ -1,7 +1,8 @@
 """An :class:`~avp.models.avatar.Avatar` folder: ``avatar.json`` (format, head config, animation, meta),
-``avatar.npz`` (splats, binding, points, identity, portrait fit) and ``portrait.png`` (when the avatar has one), each
-written atomically. :func:`load_avatar` rebuilds the head model from the stored config and the rig (once) from the
-stored points, so a loaded avatar animates exactly like the one saved."""
+``avatar.npz`` (splats, binding, points, identity and, for a tracked subject, its ``static_offset [V, 3]``, portrait
+fit) and ``portrait.png`` (when the avatar has one), each written atomically. :func:`load_avatar` rebuilds the head
+model from the stored config and the rig (once) from the stored points (and offset), so a loaded avatar animates
+exactly like the one saved."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def save_avatar(avatar: Avatar, directory: str | Path) -> Path:
     arrays["binding"] = avatar.binding.cpu().numpy().astype(np.int64)
     arrays["points"] = avatar.points.detach().cpu().numpy()
     arrays["shape"] = avatar.shape.detach().cpu().numpy()
+    if avatar.static_offset is not None:  # optional: avatars without one are written (and read) as before
+        arrays["static_offset"] = avatar.static_offset.detach().float().cpu().numpy()
     for k in HEAD_PARAM_FIELDS:
         arrays[f"portrait_head_{k}"] = getattr(avatar.portrait_head, k).detach().cpu().numpy()
     if avatar.portrait_camera is not None:
@@ -112,7 +115,8 @@ def load_avatar(directory: str | Path, *, device: torch.device | str = "cpu", he
         with Image.open(directory / "portrait.png") as im:
             portrait = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
         portrait = portrait.to(device)
-    rig = head_model.rig(binding[None], points[None], shape[None])
+    offset = tensor("static_offset").float()[None] if "static_offset" in arrays else None  # [1, V, 3]
+    rig = head_model.rig(binding[None], points[None], shape[None], offset)
     meta = info.get("meta", {})
     return Avatar(cloud=cloud, binding=binding, points=points, shape=shape, head_model=head_model, rig=rig,
                   animation=info.get("animation", "lbs"), finished=bool(meta.get("finished", True)),

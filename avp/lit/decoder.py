@@ -305,10 +305,7 @@ class DecoderModule(LightningModule):
         subject's shape from ``batch.head``); ``generated_bank``: :meth:`prepare_bank`."""
         if points == "generated_bank":
             return self.prepare_bank(batch)
-        return self.model.prepare(batch.portrait, batch.portrait_head, points=points,
-                                  teacher_means=batch.teacher.means, teacher_binding=batch.binding,
-                                  teacher_mask=batch.teacher.valid_mask(), shape=batch.head.shape,
-                                  generator=generator, portrait_camera=batch.portrait_camera)
+        return self.model.prepare_batch(batch, points, generator=generator)
 
     # ------------------------------------------------------------------------------------------------ training
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

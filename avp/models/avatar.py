@@ -14,6 +14,10 @@ them to the head model once (:class:`~avp.head.PointRig`). :meth:`AvatarModel.de
 gradients (training trains the decoder through it). An :class:`Avatar` is one subject's decoded splats with its rig:
 posing is two small matrix products over the points per frame (LBS) and no gathers.
 
+A tracked subject's ``static_offset [B, V, 3]`` (shards converted from VHAP/GaussianAvatars fits,
+:attr:`~avp.types.AvatarBatch.static_offset`) is part of its neutral mesh: template points sit on it and the rig binds
+and poses on it (:meth:`AvatarModel.prepare_batch` passes the batch's); None (photos, synthetic data) changes nothing.
+
 Checkpoints are read elsewhere (:mod:`avp.checkpoints`); training is :class:`avp.lit.decoder.DecoderModule`.
 """
 
@@ -34,7 +38,7 @@ from avp.models.decoder import DecoderOutput, GaussianDecoder
 from avp.models.pixel_aligned import pixel_features
 from avp.models.sampling import SamplingConfig
 from avp.render import render
-from avp.types import Cameras, GaussianCloud, HeadParams, RenderOutput, TensorContainer
+from avp.types import AvatarBatch, Cameras, GaussianCloud, HeadParams, RenderOutput, TensorContainer
 
 PointSource = Literal["teacher", "generated", "template"]
 POINT_SOURCES = ("teacher", "generated", "template")
@@ -65,9 +69,11 @@ def template_binding(head_model: nn.Module, n_points: int, seed: int) -> tuple[T
     return face_idx, bary.float()
 
 
-def template_points(head_model: nn.Module, face_idx: Tensor, bary: Tensor, shape: Tensor) -> Tensor:
-    """Points ``[B, M, 3]`` on the neutral heads of ``shape [B, S]`` at the template's faces and barycentrics."""
-    verts = head_model.canonical(shape)  # [B, V, 3]
+def template_points(head_model: nn.Module, face_idx: Tensor, bary: Tensor, shape: Tensor,
+                    static_offset: Tensor | None = None) -> Tensor:
+    """Points ``[B, M, 3]`` on the neutral heads of ``shape [B, S]`` (plus ``static_offset [B, V, 3]`` when given)
+    at the template's faces and barycentrics."""
+    verts = head_model.canonical(shape, static_offset)  # [B, V, 3]
     corners = head_model.tensors(shape)["faces"][face_idx]  # [M, 3]
     tri = verts[:, corners]  # [B, M, 3, 3]
     return (bary.to(verts.dtype)[None, :, :, None] * tri).sum(-2)
@@ -140,6 +146,11 @@ class Avatar:
     @property
     def device(self) -> torch.device:
         return self.cloud.means.device
+
+    @property
+    def static_offset(self) -> Tensor | None:
+        """``[V, 3]`` the subject's tracked per-vertex offsets the rig is bound with (None: none)."""
+        return None if self.rig.static_offset is None else self.rig.static_offset[0]
 
     def to(self, device: torch.device | str) -> Avatar:
         """The avatar on another device (the rig moves with it; the head model adapts per call)."""
@@ -270,11 +281,11 @@ class AvatarModel(nn.Module):
         """Condition tokens ``[B, C, D]`` of the frozen generator (portrait ``[B, 3, H, W]`` + its head fit)."""
         return self.generator.encode_condition(portrait, portrait_head)
 
-    def template_cloud(self, shape: Tensor) -> tuple[Tensor, Tensor]:
-        """The template points on each subject's neutral head (``shape [B, S]``): ``means [B, M, 3]``,
-        ``binding [B, M]``."""
+    def template_cloud(self, shape: Tensor, static_offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The template points on each subject's neutral head (``shape [B, S]``, ``static_offset [B, V, 3]`` or
+        None): ``means [B, M, 3]``, ``binding [B, M]``."""
         face_idx = self.template_face_idx.to(shape.device)
-        means = template_points(self.head_model, face_idx, self.template_bary.to(shape.device), shape)
+        means = template_points(self.head_model, face_idx, self.template_bary.to(shape.device), shape, static_offset)
         return means, face_idx[None].expand(shape.shape[0], -1)
 
     @torch.no_grad()
@@ -289,7 +300,7 @@ class AvatarModel(nn.Module):
                 teacher_mask: Tensor | None = None, shape: Tensor | None = None,
                 sampling: SamplingConfig | None = None, generator: torch.Generator | None = None,
                 on_step: Callable[[int, int], None] | None = None,
-                portrait_camera: Cameras | None = None) -> PointInputs:
+                portrait_camera: Cameras | None = None, static_offset: Tensor | None = None) -> PointInputs:
         """Everything the decoder consumes, from the frozen parts (no gradients): points, their hidden states, the
         condition tokens and the rig.
 
@@ -304,6 +315,8 @@ class AvatarModel(nn.Module):
                 :func:`avp.models.sampling.sample`).
             portrait_camera: the portrait's camera (``Ks [B, 1, 3, 3]`` or ``[B, 3, 3]``); required when the decoder's
                 ``appearance`` is ``pixel``.
+            static_offset: ``[B, V, 3]`` the subjects' tracked per-vertex offsets (part of their neutral meshes: the
+                template points and the rig use them), or None.
         """
         if points not in POINT_SOURCES:
             raise ValueError(f"DecoderModule: points must be one of {POINT_SOURCES}, got {points!r}")
@@ -313,39 +326,48 @@ class AvatarModel(nn.Module):
             cfg = self.sampling if sampling is None else dataclasses.replace(sampling, window=self.feature_window)
             out = self.generator.sample(condition, cfg, generator, on_step, shape=shape)
             return self._inputs(out.points, out.binding, out.mask, out.n_points, out.point_hidden, out.finished,
-                                condition, portrait, portrait_head, shape, portrait_camera)
+                                condition, portrait, portrait_head, shape, portrait_camera, static_offset)
         if points == "teacher":
             if teacher_means is None or teacher_binding is None:
                 raise ValueError("DecoderModule: points='teacher' needs teacher_means and teacher_binding")
             means, binding, mask = teacher_means, teacher_binding, teacher_mask
         else:
-            means, binding = self.template_cloud(shape)
+            means, binding = self.template_cloud(shape, static_offset)
             mask = None
         tokens, lengths = self.generator.teacher_tokens(means, binding, mask)
         finished = torch.ones(portrait.shape[0], dtype=torch.bool, device=portrait.device)
         return self.prepare_tokens(condition, tokens, lengths, finished, portrait, portrait_head, shape,
-                                   portrait_camera)
+                                   portrait_camera, static_offset=static_offset)
+
+    def prepare_batch(self, batch: AvatarBatch, points: PointSource = "teacher", *,
+                      sampling: SamplingConfig | None = None, generator: torch.Generator | None = None) -> PointInputs:
+        """:meth:`prepare` for an :class:`~avp.types.AvatarBatch`: its portraits, teacher clouds, portrait cameras,
+        the subjects' identity ``head.shape`` and their ``static_offset``."""
+        return self.prepare(batch.portrait, batch.portrait_head, points=points, teacher_means=batch.teacher.means,
+                            teacher_binding=batch.binding, teacher_mask=batch.teacher.valid_mask(),
+                            shape=batch.head.shape, sampling=sampling, generator=generator,
+                            portrait_camera=batch.portrait_camera, static_offset=batch.static_offset)
 
     @torch.no_grad()
     def prepare_tokens(self, condition: Tensor, tokens: Tensor, lengths: Tensor, finished: Tensor, portrait: Tensor,
-                       portrait_head: HeadParams, shape: Tensor,
-                       portrait_camera: Cameras | None = None) -> PointInputs:
+                       portrait_head: HeadParams, shape: Tensor, portrait_camera: Cameras | None = None, *,
+                       static_offset: Tensor | None = None) -> PointInputs:
         """:meth:`prepare` of given token sequences (``tokens [B, L]``, ``lengths [B]``, ``finished [B]``; e.g. stored
-        samples), their features teacher-forced."""
+        samples), their features teacher-forced; ``static_offset [B, V, 3]`` as in :meth:`prepare`."""
         pts, bind, mask, n_points = self.tokenizer.decode_batch(tokens, lengths)
         features = self.token_features(condition, tokens, lengths)
         return self._inputs(pts, bind, mask, n_points, features, finished, condition, portrait, portrait_head, shape,
-                            portrait_camera)
+                            portrait_camera, static_offset)
 
     def _inputs(self, pts: Tensor, bind: Tensor, mask: Tensor, n_points: Tensor, features: Tensor, finished: Tensor,
                 condition: Tensor, portrait: Tensor, portrait_head: HeadParams, shape: Tensor,
-                portrait_camera: Cameras | None) -> PointInputs:
+                portrait_camera: Cameras | None, static_offset: Tensor | None = None) -> PointInputs:
         """Bind the points to the head model (and sample the portrait at them) -> :class:`PointInputs`."""
         if int(n_points.min()) < 1:
             raise ValueError("DecoderModule: a sample has no points (the generator emitted EOS at once); raise "
                              "sampling.min_points")
         pts = pts.float()
-        rig = self.head_model.rig(bind, pts, shape.to(pts.dtype))
+        rig = self.head_model.rig(bind, pts, shape.to(pts.dtype), static_offset)
         pixel = self.pixel_features(portrait, portrait_head, portrait_camera, rig, mask)
         return PointInputs(points=pts, binding=bind, mask=mask, n_points=n_points, features=features,
                            condition=condition, finished=finished, rig=rig, pixel=pixel)
@@ -386,10 +408,11 @@ class AvatarModel(nn.Module):
         cloud = GaussianCloud(**{k: getattr(decoded.cloud, k)[one, :n].float() for k in CLOUD_FIELDS})
         binding, points = inputs.binding[one, :n], inputs.points[one, :n]
         shape = inputs.rig.shape[one]
+        offset = None if inputs.rig.static_offset is None else inputs.rig.static_offset[one]
         if inputs.points.shape == (1, n, 3):
             rig = inputs.rig
         else:  # the batch's rig holds padding or other subjects: bind this avatar's points alone
-            rig = self.head_model.rig(binding, points, shape)
+            rig = self.head_model.rig(binding, points, shape, offset)
         return Avatar(cloud=cloud, binding=binding[0].long(), points=points[0].float(), shape=shape[0].float(),
                       head_model=self.head_model, rig=rig, animation=self.animation,
                       finished=bool(inputs.finished[index]), portrait_head=portrait_head,

@@ -4,8 +4,9 @@ with it.
 - an avatar folder (``avatar.json`` + ``avatar.npz``, :func:`avp.export.avatar.save_avatar`), or an ``avp avatarize``
   output folder holding one in ``avatar/`` (its ``driving.npz`` becomes a motion);
 - a GaussianAvatars folder: ``point_cloud.ply`` (face-local splats with ``binding_0``) and ``flame_param.npz`` (the
-  identity, and a motion), or the ply file itself; animated with face frames, as GaussianAvatars does. FLAME-topology
-  plys need ``flame`` (the FLAME pickle); without it the built-in head is used;
+  identity, its ``static_offset`` and a motion), or the ply file itself; animated with face frames on the offset mesh,
+  as GaussianAvatars does. FLAME-topology plys need ``flame`` (the FLAME pickle); without it the built-in head is used
+  (and an offset of another vertex count is dropped, with a note);
 - a decoder checkpoint and a photo: avatarized here (:class:`avp.pipeline.AvatarPipeline`), once.
 """
 
@@ -55,6 +56,45 @@ def load_drive(path: str | Path, avatar: Avatar, notes: list[str] | None = None)
         return load_driving_npz(path, avatar.head_model, shape=shape, expression="drop")
 
 
+def _static_offset(npz: Path, head_model: torch.nn.Module, notes: list[str]) -> torch.Tensor | None:
+    """``[V, 3]`` the fit's ``static_offset`` from its ``flame_param.npz``; None when it has none, it is zero or it does
+    not fit the head model (then with a note)."""
+    import numpy as np
+
+    from avp.data.gaussian_avatars_io import ConversionError, load_npz, read_static_offset
+
+    try:
+        arrays = load_npz(npz)
+        n_file = int(np.size(arrays.get("static_offset", ())) // 3)
+        if n_file and n_file != head_model.n_vertices and not head_model.name.startswith("flame"):
+            raise ConversionError(f"{npz}: static_offset has {n_file} vertices, head model {head_model.name} "
+                                  f"{head_model.n_vertices}")  # (FLAME's teeth-less 5,023 are padded, not others)
+        offset = read_static_offset(arrays, head_model.n_vertices, f"{npz} (head model {head_model.name!r})")
+    except ConversionError as e:
+        notes.append(f"static offset dropped: {e}")
+        return None
+    return None if offset is None or not np.any(offset) else torch.from_numpy(offset)
+
+
+def _on_offset_mesh(splats: Any, head_model: torch.nn.Module, shape: torch.Tensor,
+                    offset: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """GaussianAvatars' face-local splats on the neutral head *plus* its static offset (``canonical(shape) + offset``,
+    GaussianAvatars' mesh): ``(cloud [1, N], binding [1, N])`` as :func:`~avp.export.ply.from_gaussian_avatars`."""
+    from avp.export.ply import cloud_from_splats
+    from avp.head import face_frames, local_to_world_log_scales, local_to_world_points, local_to_world_quats
+    from avp.types import GaussianCloud
+
+    binding = torch.as_tensor(splats.binding, dtype=torch.long)
+    verts = head_model.canonical(shape.reshape(1, -1).double(), offset.double()[None])[0]  # [V, 3]
+    frames = face_frames(verts, head_model.tensors(verts)["faces"]).gather(binding)
+    raw = cloud_from_splats(splats, dtype=torch.float64).map(lambda x: x[0])
+    cloud = GaussianCloud(means=local_to_world_points(raw.means, frames),
+                          quats=local_to_world_quats(raw.quats, frames),
+                          scales=local_to_world_log_scales(raw.scales.log(), frames).exp(),
+                          opacities=raw.opacities, sh=raw.sh)
+    return cloud.map(lambda x: x.float()[None]), binding[None]
+
+
 def _gaussian_avatars(ply: Path, npz: Path, *, device: torch.device, flame: str | None) -> ViewSource:
     from avp.export.ply import PlyError, from_gaussian_avatars, read_gaussian_avatars_ply
     from avp.head import HeadConfig, load_head_model
@@ -79,11 +119,16 @@ def _gaussian_avatars(ply: Path, npz: Path, *, device: torch.device, flame: str 
         sequence = load_driving_npz(npz, head_model, expression="drop")
         notes.append(f"{npz}: expressions of another head model dropped (poses kept)")
     shape = sequence.head.shape[0]
-    cloud, binding = from_gaussian_avatars(splats, head_model, shape)
+    offset = _static_offset(npz, head_model, notes) if splats.binding is not None else None
+    if offset is None:
+        cloud, binding = from_gaussian_avatars(splats, head_model, shape)
+    else:
+        cloud, binding = _on_offset_mesh(splats, head_model, shape, offset)
+        offset = offset.float().to(device)[None]  # [1, V, 3]
     cloud, binding, shape = cloud.to(device), binding.to(device), shape.to(device)
     head_model = head_model.to(device)
     with torch.no_grad():
-        rig = head_model.rig(binding, cloud.means, shape[None])
+        rig = head_model.rig(binding, cloud.means, shape[None], offset)
     avatar = Avatar(cloud=cloud, binding=binding[0], points=cloud.means[0], shape=shape, head_model=head_model,
                     rig=rig, animation="face_frame", head_config=config, meta={"source": str(ply)})
     return ViewSource(avatar=avatar, label=str(ply.parent), motions={npz.name: sequence}, notes=notes)

@@ -16,7 +16,10 @@ from avp.head import HeadConfig, load_head_model
 from tests.fixtures.flame import write_flame_pickle
 from tests.fixtures.gaussian_avatars import (
     FlameSequence,
+    look_at_gl,
+    random_flame,
     write_gaussian_avatars_output,
+    write_small_clip,
     write_vhap_export,
     write_vhap_union,
 )
@@ -30,25 +33,11 @@ def head(tmp_path_factory):
     return load_head_model(HeadConfig(flame_path=str(path), teeth=True))
 
 
-def _look_at_gl(eye: np.ndarray) -> np.ndarray:
-    """Camera-to-world in OpenGL axes (x right, y up, z backwards) looking at the origin."""
-    back = eye / np.linalg.norm(eye)
-    right = np.cross([0.0, 1.0, 0.0], back)
-    right /= np.linalg.norm(right)
-    up = np.cross(back, right)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, back, eye
-    return c2w
+_look_at_gl = look_at_gl
 
 
 def _flame(rng: np.random.Generator, n_vertices: int, t: int = T) -> FlameSequence:
-    return FlameSequence(
-        shape=rng.normal(0, 0.5, 300).astype(np.float32), expr=rng.normal(0, 0.3, (t, 100)).astype(np.float32),
-        rotation=rng.normal(0, 0.05, (t, 3)).astype(np.float32) * [1, 1, 0],
-        neck_pose=rng.normal(0, 0.05, (t, 3)).astype(np.float32), jaw_pose=np.abs(rng.normal(0, 0.1, (t, 3))) *
-        [1, 0, 0], eyes_pose=rng.normal(0, 0.05, (t, 6)).astype(np.float32),
-        translation=np.zeros((t, 3), np.float32),
-        static_offset=rng.normal(0, 0.001, (1, n_vertices, 3)).astype(np.float32))
+    return random_flame(rng, n_vertices, t)
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +307,32 @@ def test_the_fits_flame_release_is_checked_and_recorded(head, fixture_dirs, tmp_
         build_sample(old, ga, export)
     assert build_sample(old, ga, export, size=32, portrait_size=24,
                         fit_flame_version="2020").meta["extra"]["flame_version"] == "2020"
+
+
+def test_the_convert_verb_passes_the_fits_flame_release(tmp_path, capsys) -> None:
+    """``avp data convert --fit-flame-version``: a 2020 fit against a 2020 FLAME file converts (and records both
+    releases); the default (2023) against a 2020 file, or 2020 against a 2023 file, is refused naming both."""
+    from avp.data.cli import main
+    from avp.data.reader import iter_raw_samples, resolve_shards
+    from avp.data.schema import decode_sample
+
+    old = write_flame_pickle(tmp_path / "generic_model.pkl")  # FLAME 2020
+    new = write_flame_pickle(tmp_path / "flame2023.pkl", version="2023")
+    n_faces = load_head_model(HeadConfig(flame_path=str(old), teeth=True)).n_faces
+    ga, export, flame = write_small_clip(tmp_path / "in", n_faces, points=20)
+    args = [str(ga), str(export), "--size", "32", "--portrait-size", "24", "--split", "train"]
+    out = tmp_path / "shards"
+    assert main(["convert", *args, "--out", str(out), "--flame", str(old), "--fit-flame-version", "2020"]) == 0
+    (ref,), _ = resolve_shards(out, "train")
+    (sample,) = [decode_sample(raw, shard=ref.name, decode_frames=False) for raw in iter_raw_samples(ref)]
+    assert (sample.meta["extra"]["flame_version"], sample.meta["extra"]["fit_flame_version"]) == ("2020", "2020")
+    assert sample.meta["head_model"] == "flame2020+teeth"
+    capsys.readouterr()
+    for flame_file, release in ((old, None), (new, "2020")):
+        refused = tmp_path / f"refused-{flame_file.stem}"
+        extra = [] if release is None else ["--fit-flame-version", release]
+        assert main(["convert", *args, "--out", str(refused), "--flame", str(flame_file), *extra]) == 2
+        err = capsys.readouterr().err
+        fit_release, file_release = ("2023", "2020") if release is None else ("2020", "2023")
+        assert f"FLAME {fit_release}" in err and f"FLAME {file_release}" in err and flame_file.name in err, err
+        assert not refused.exists() or not list(refused.glob("*.tar"))
