@@ -2,7 +2,7 @@
 
 One command (``make benchmark``) runs, each step skipped when an earlier run of the same configuration finished it:
 
-1. ``avp data synth`` (as ``avp demo``);
+1. ``avp data synth`` (as ``avp demo``), and of ``generator_data`` when the generator has a dataset of its own;
 2. ``avp fit`` of the generator (one seed: its budget dominates; ``generator_seeds`` trains more);
 3. for every row and seed, ``avp fit`` of a decoder: the shared decoder stage plus the row's ``delta`` and the seed;
 4. ``avp eval`` of every decoder on the held-out subjects (the row's ``eval_points``), one folder per run;
@@ -13,7 +13,10 @@ One command (``make benchmark``) runs, each step skipped when an earlier run of 
 
 Rows (``configs/benchmark.yaml``): ``full`` (generated points, position + AR features: the paper's model, its decoder
 trained on a bank of clouds sampled from the frozen generator), ``ar_position_only`` (no AR features, no
-cross-attention), ``ar_feature_only``, ``template`` ("FLAME position"), and two ceilings: ``teacher_points`` (the exact
+cross-attention), ``ar_feature_only``, ``template`` ("FLAME position", LAM-style: template points, their position
+encoding and cross-attention to the portrait, no generator), ``template_ar_features`` (ours, not the paper's: the
+template points teacher-forced through the generator for AR features, which says how much of the full model's
+advantage is its features rather than its points), and two ceilings: ``teacher_points`` (the exact
 centres of the splats that rendered the targets) and ``resampled_teacher`` (a new surface sampling of the same
 subject: what a perfect generator could give).
 """
@@ -38,7 +41,8 @@ from avp.atomic import atomic_write_json, atomic_write_text
 from avp.demo import Demo, DemoConfig, DemoData, DemoEval, DemoSheet, DemoStage, _deep_merge
 
 EvalPoints = Literal["generated", "teacher", "resampled", "template"]
-ROWS = ("full", "ar_position_only", "ar_feature_only", "template", "teacher_points", "resampled_teacher")
+ROWS = ("full", "ar_position_only", "ar_feature_only", "template", "template_ar_features", "teacher_points",
+        "resampled_teacher")
 IMAGE_METRICS = {"psnr": "psnr", "psnr_mask": "psnr_masked", "ssim": "ssim", "ssim_mask": "ssim_masked"}
 """Benchmark name -> the evaluation runner's metric name."""
 
@@ -70,6 +74,11 @@ class BenchmarkPoints:
 @dataclass
 class BenchmarkConfig:
     data: DemoData = field(default_factory=DemoData)
+    """The dataset every decoder row trains on and every row is evaluated on (its held-out split)."""
+    generator_data: DemoData | None = None
+    """A dataset for the generator alone (None: ``data``): more subjects for the stage that needs them, without a
+    point bank over all of them. Its seed must differ from ``data``'s, so that the two share no subject (a synthetic
+    subject is a function of the dataset seed and its index) and the held-out subjects stay unseen by both stages."""
     generator: DemoStage = field(default_factory=DemoStage)
     decoder: DemoStage = field(default_factory=DemoStage)
     """The decoder stage every row starts from."""
@@ -108,6 +117,7 @@ def config_from_namespace(args: Any) -> BenchmarkConfig:
 
     config = BenchmarkConfig(
         data=build(DemoData, args.data), generator=build(DemoStage, args.generator),
+        generator_data=None if args.generator_data is None else build(DemoData, args.generator_data),
         decoder=build(DemoStage, args.decoder),
         rows={name: build(BenchmarkRow, row) for name, row in (args.rows or {}).items()},
         seeds=list(args.seeds), generator_seeds=int(args.generator_seeds), eval=build(DemoEval, args.eval),
@@ -124,6 +134,10 @@ def config_from_namespace(args: Any) -> BenchmarkConfig:
                                              or config.rows[row.decoder_from].decoder_from is not None):
             raise ValueError(f"avp benchmark: rows.{name}.decoder_from {row.decoder_from!r} must name a row that "
                              f"trains its own decoders (rows: {list(config.rows)})")
+    if config.generator_data is not None and config.generator_data.seed == config.data.seed:
+        raise ValueError(f"avp benchmark: generator_data.seed must differ from data.seed ({config.data.seed}): with "
+                         "the same seed the two datasets hold the same subjects, and the generator would train on "
+                         "the held-out ones")
     if config.generator_seeds < 1:
         raise ValueError(f"avp benchmark: generator_seeds must be >= 1, got {config.generator_seeds}")
     return config
@@ -190,10 +204,15 @@ class Benchmark:
             args += ["--config", path]
         self.demo._run(title, args)
 
+    @property
+    def generator_data_root(self) -> Path:
+        return self.demo.data_root if self.config.generator_data is None else self.out / "generator_data"
+
     def fit_generator(self, gseed: int) -> None:
         c = self.config
         delta = self._write_delta(f"generator-seed{gseed}", c.generator, self.generator_run(gseed), gseed,
-                                  {"model": {"init_args": {"seed": gseed}}})
+                                  {"model": {"init_args": {"seed": gseed}},
+                                   "data": {"init_args": {"root": str(self.generator_data_root)}}})
         self._fit(f"fit the generator (seed {gseed})", c.generator, delta, self.generator_run(gseed))
 
     def fit_decoder(self, row: str, seed: int) -> None:
@@ -263,6 +282,11 @@ class Benchmark:
         d = self.demo
         d._step("data", "synthetic dataset", dataclasses.asdict(c.data), d.synth)
         data_payload = dataclasses.asdict(c.data)
+        if c.generator_data is not None:
+            gd = c.generator_data
+            d._step("generator-data", "synthetic dataset of the generator", dataclasses.asdict(gd),
+                    lambda: d.synth(gd, self.generator_data_root, "synthetic dataset of the generator"))
+            data_payload = {**data_payload, "generator_data": dataclasses.asdict(gd)}
         for g in range(c.generator_seeds):
             payload = {"spec": dataclasses.asdict(c.generator), "data": data_payload, "seed": g}
             d._step(f"generator-seed{g}", f"fit the generator (seed {g})", payload,

@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = {
     "data": {"subjects": 10, "val_fraction": 0.2, "test_fraction": 0.2, "views": 2, "frames": 2, "size": 24,
              "portrait_size": 48, "points": [40, 60]},
+    "generator_data": {"subjects": 6, "val_fraction": 0.2, "test_fraction": 0.2, "views": 2, "frames": 2,
+                       "size": 24, "portrait_size": 48, "points": [40, 60], "seed": 7},
     "generator": {"max_steps": 2, "batch_size": 2, "samples_per_epoch": 4},
     "decoder": {"max_steps": 2, "batch_size": 1, "samples_per_epoch": 2,
                 "delta": {"trainer": {"limit_val_batches": 1, "enable_model_summary": False,
@@ -45,10 +47,15 @@ def test_the_shipped_config_has_every_row_faithfully() -> None:
     # the position-only row sees neither the AR features nor the condition tokens (the paper's row)
     assert init["ar_position_only"]["decoder"] == {"inputs": "position", "cross_attention": False}
     assert init["ar_feature_only"]["decoder"] == {"inputs": "ar_feature"}
+    # "FLAME position" is LAM-style: template points and the condition, no generated sequence to take features from
+    assert init["template"]["decoder"] == {"inputs": "position"} and "decoder" not in init["template_ar_features"]
     # every row is trained on the kind of points it is evaluated on
     assert {name: row.eval_points for name, row in config.rows.items()} == {
         "full": "generated", "ar_position_only": "generated", "ar_feature_only": "generated",
-        "template": "template", "teacher_points": "teacher", "resampled_teacher": "resampled"}
+        "template": "template", "template_ar_features": "template", "teacher_points": "teacher",
+        "resampled_teacher": "resampled"}
+    # the generator's own dataset shares no subject with the one the rows are evaluated on
+    assert config.generator_data is not None and config.generator_data.seed != config.data.seed
     for name in ("full", "ar_position_only", "ar_feature_only"):
         assert init[name]["points"] == "generated_bank"
     assert init["template"]["points"] == "template" and init["teacher_points"]["points"] == "teacher"
@@ -57,10 +64,12 @@ def test_the_shipped_config_has_every_row_faithfully() -> None:
 
 def test_unknown_rows_and_bad_sharing_are_refused(tmp_path: Path) -> None:
     parser = build_parser()
-    for rows, message in (({"fancy": {}}, "not benchmark rows"),
-                          ({"resampled_teacher": {"decoder_from": "teacher_points"}}, "decoder_from")):
+    for bad, message in (({"rows": {"fancy": {}}}, "not benchmark rows"),
+                         ({"rows": {"resampled_teacher": {"decoder_from": "teacher_points"}}}, "decoder_from"),
+                         ({"rows": {"full": {}}, "data": {"seed": 3}, "generator_data": {"seed": 3}},
+                          "generator_data.seed must differ")):
         path = tmp_path / "bad.yaml"
-        path.write_text(yaml.safe_dump({"rows": rows}))
+        path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ValueError, match=message):
             config_from_namespace(parser.parse_args(["--config", str(path)]))
 
@@ -96,9 +105,15 @@ def test_the_whole_benchmark_runs_in_miniature_and_resumes(tmp_path: Path, capsy
     position = yaml.safe_load((out / "configs" / "ar_position_only-seed1.yaml").read_text())
     assert position["model"]["init_args"]["decoder"] == {"inputs": "position", "cross_attention": False}
     assert position["seed_everything"] == 1 and position["model"]["init_args"]["seed"] == 1
+    # the generator learns from its own dataset, the decoders from the evaluated one
+    generator = yaml.safe_load((out / "configs" / "generator-seed0.yaml").read_text())
+    assert generator["data"]["init_args"]["root"] == str(out / "generator_data")
+    assert position["data"]["init_args"]["root"] == str(out / "data")
+    assert json.loads((out / "generator_data" / "shards.json").read_text())["created_by"]["config"]["seed"] == 7
 
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: only the summary is redone
     again = capsys.readouterr().out
-    # data, the generator, 6 rows x 2 seeds of fits (the resampled row's are the teacher row's) and of evaluations
-    assert again.count("already done") == 1 + 1 + 6 * 2 + 6 * 2
+    # two datasets, the generator, 7 rows x 2 seeds of fits (the resampled row checks the teacher row's) and of
+    # evaluations
+    assert again.count("already done") == 2 + 1 + 7 * 2 + 7 * 2

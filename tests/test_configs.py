@@ -209,7 +209,8 @@ def fit_rule_errors(config: dict[str, Any]) -> list[str]:
         return generator_fit_errors(as_config(ConditionConfig, init["condition"]))
     if model["class_path"].endswith("DecoderModule"):
         return decoder_fit_errors(as_config(DecoderConfig, init["decoder"]), as_config(LossWeights, init["loss"]),
-                                  data.get("frames_per_sample"), data.get("views_per_sample"))
+                                  data.get("frames_per_sample"), data.get("views_per_sample"),
+                                  init.get("points", "generated"))
     return []
 
 
@@ -282,3 +283,7 @@ def test_each_decoder_rule_fires_naming_its_keys(change: dict, keys: list[str]) 
     # the same settings otherwise are fine
     assert decoder_fit_errors(DecoderConfig(cross_attention=True), LossWeights(lpips=0.0), 1, 2) == []
     assert decoder_fit_errors(DecoderConfig(inputs="position", cross_attention=False), LossWeights(), 1, 2) == []
+    # template points may attend to the condition (LAM-style "FLAME position"); generated points may not
+    position_attending = DecoderConfig(inputs="position", cross_attention=True)
+    assert decoder_fit_errors(position_attending, LossWeights(), 1, 2, points="template") == []
+    assert decoder_fit_errors(position_attending, LossWeights(), 1, 2, points="generated_bank") != []

@@ -20,8 +20,9 @@ GENERATOR_FIT_RULES = (
     "the encoder); checked when model.condition.use_image is true",
 )
 DECODER_FIT_RULES = (
-    "model.decoder.inputs: position needs model.decoder.cross_attention: false: the position-only ablation must not "
-    "see the generator's portrait and head-mesh tokens through cross-attention",
+    "model.decoder.inputs: position on generated points (model.points: generated or generated_bank) needs "
+    "model.decoder.cross_attention: false: the AR-position-only ablation must not see the generator's portrait and "
+    "head-mesh tokens through cross-attention (template points may: the paper's LAM-style 'FLAME position' row)",
     "at least one of model.loss.l1, model.loss.ssim and model.loss.lpips must be > 0: otherwise nothing compares the "
     "renders with the frames",
     "model.loss.lpips > 0 needs real LPIPS weights (model.lpips_weights_path or $TORCH_HOME); checked when the "
@@ -41,11 +42,13 @@ def generator_fit_errors(condition: ConditionConfig) -> list[str]:
 
 
 def decoder_fit_errors(decoder: DecoderConfig, loss: LossWeights, frames_per_sample: int | None = None,
-                       views_per_sample: int | None = None) -> list[str]:
-    """The decoder rules the configs break (empty: none); the data counts are skipped when None."""
+                       views_per_sample: int | None = None, points: str = "generated") -> list[str]:
+    """The decoder rules the configs break (empty: none); the data counts are skipped when None; ``points``: the
+    module's training point source."""
     errors = []
-    if decoder.inputs == "position" and decoder.cross_attention:
-        errors.append("model.decoder.inputs is 'position' but model.decoder.cross_attention is true")
+    if decoder.inputs == "position" and decoder.cross_attention and points in ("generated", "generated_bank"):
+        errors.append(f"model.decoder.inputs is 'position' but model.decoder.cross_attention is true with "
+                      f"model.points {points!r}")
     if max(loss.l1, loss.ssim, loss.lpips) <= 0:
         errors.append(f"model.loss.l1, model.loss.ssim and model.loss.lpips are all 0 (l1={loss.l1}, "
                       f"ssim={loss.ssim}, lpips={loss.lpips})")
@@ -71,5 +74,6 @@ def check_decoder_fit(module: Any, datamodule: Any = None) -> None:
     is an :class:`~avp.lit.data.AvatarDataModule`) breaks a fit rule."""
     stream = getattr(datamodule, "config", None)
     errors = decoder_fit_errors(module.model.decoder.config, module.loss_weights,
-                                getattr(stream, "frames_per_sample", None), getattr(stream, "views_per_sample", None))
+                                getattr(stream, "frames_per_sample", None), getattr(stream, "views_per_sample", None),
+                                getattr(module, "points_source", "generated"))
     _raise("DecoderModule", errors, DECODER_FIT_RULES)
