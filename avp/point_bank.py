@@ -142,7 +142,7 @@ def subject_filename(subject: str) -> str:
 
 @torch.no_grad()
 def sample_entries(generator_net: Any, conditions: Tensor, shapes: Tensor | None, sampling: SamplingConfig,
-                   samples: int, seeds: Sequence[int]) -> list[BankEntry]:
+                   samples: int, seeds: Sequence[int], static_offsets: Tensor | None = None) -> list[BankEntry]:
     """``samples`` clouds for each of ``B`` subjects in one batched, KV-cached call (the bank's bulk fill).
 
     Every cloud draws from its own generator, seeded from its subject's seed and its index ``k``
@@ -152,6 +152,7 @@ def sample_entries(generator_net: Any, conditions: Tensor, shapes: Tensor | None
     Args:
         conditions: ``[B, C, D]`` each subject's condition tokens, encoded alone; shapes: ``[B, S]`` or None.
         seeds: ``B`` subject seeds (:func:`subject_seed`).
+        static_offsets: ``[B, V, 3]`` the subjects' tracked static offsets (None: none), for ``bind_nearest``.
     """
     B = conditions.shape[0]
     if len(seeds) != B:
@@ -160,7 +161,8 @@ def sample_entries(generator_net: Any, conditions: Tensor, shapes: Tensor | None
     shp = None if shapes is None else shapes.repeat_interleave(samples, dim=0)
     rngs = [torch.Generator(device=conditions.device).manual_seed((int(seed) + k) & (2**63 - 1))
             for seed in seeds for k in range(samples)]
-    out = generator_net.sample(cond, sampling, rngs, shape=shp)
+    offsets = None if static_offsets is None else static_offsets.repeat_interleave(samples, dim=0)
+    out = generator_net.sample(cond, sampling, rngs, shape=shp, static_offset=offsets)
     entries = []
     for b in range(B):
         rows = slice(b * samples, (b + 1) * samples)
@@ -283,9 +285,9 @@ class PointBank:
 
 @torch.no_grad()
 def bank_entries(model: AvatarModel, bank: PointBank, seed: int, subjects: list[str], portrait: Tensor,
-                 portrait_head: HeadParams, shape: Tensor) -> list[BankEntry]:
+                 portrait_head: HeadParams, shape: Tensor, static_offset: Tensor | None = None) -> list[BankEntry]:
     """The bank's clouds of ``subjects`` (portraits ``[B, 3, H, W]``, their head parameters ``[B]``, identities
-    ``[B, S]``); subjects not in the bank yet are sampled now from ``model``'s generator (``bank.samples`` clouds each
+    ``[B, S]``, tracked static offsets ``[B, V, 3]`` or None); subjects not in the bank yet are sampled now from ``model``'s generator (``bank.samples`` clouds each
     in one call, cloud ``k`` seeded by ``subject_seed(seed, subject) + k``: what :func:`fill_bank` stores) and stored.
     A new subject's condition is encoded alone: the mesh condition's eval-mode surface sampling draws ``[B, n]``
     points from one seeded generator, so a subject's condition (and clouds) would otherwise depend on its
@@ -293,9 +295,10 @@ def bank_entries(model: AvatarModel, bank: PointBank, seed: int, subjects: list[
 
     def build(i: int, subject: str) -> BankEntry:
         one = slice(i, i + 1)
-        condition = model.encode_condition(portrait[one], portrait_head.map(lambda t: t[one]))
+        offset = None if static_offset is None else static_offset[one]
+        condition = model.encode_condition(portrait[one], portrait_head.map(lambda t: t[one]), offset)
         return sample_entries(model.generator, condition, shape[one], model.sampling, bank.samples,
-                              [subject_seed(seed, subject)])[0]
+                              [subject_seed(seed, subject)], offset)[0]
 
     return bank.get(subjects, build)
 
@@ -318,15 +321,21 @@ def fill_bank(model: AvatarModel, bank: PointBank, seed: int, samples: Iterable[
         nonlocal done
         if not todo:
             return
-        conditions, shapes = [], []
+        conditions, shapes, offsets = [], [], []
         for sample in todo:  # each condition alone (see bank_entries)
             portrait = torch.from_numpy(sample.portrait.copy()).permute(2, 0, 1)[None].float().div(255)
             head = HeadParams.from_dict({k: torch.as_tensor(v)[None] for k, v in sample.portrait_head.items()})
-            conditions.append(model.encode_condition(portrait.to(device), head.to(device)))
+            offset = sample.head.get("static_offset")
+            offset = None if offset is None else torch.as_tensor(offset, dtype=torch.float32)[None].to(device)
+            conditions.append(model.encode_condition(portrait.to(device), head.to(device), offset))
             shapes.append(torch.as_tensor(sample.head["shape"], dtype=torch.float32)[None])
+            offsets.append(offset)
         subjects = [sample.meta["subject"] for sample in todo]
+        if any(o is None for o in offsets) and not all(o is None for o in offsets):
+            raise ValueError(f"point bank: subjects {subjects} mix samples with and without a static offset")
+        static = None if offsets[0] is None else torch.cat(offsets)
         entries = sample_entries(model.generator, torch.cat(conditions), torch.cat(shapes).to(device),
-                                 model.sampling, bank.samples, [subject_seed(seed, s) for s in subjects])
+                                 model.sampling, bank.samples, [subject_seed(seed, s) for s in subjects], static)
         for subject, entry in zip(subjects, entries):
             bank.put(subject, entry)
         done += len(todo)

@@ -171,7 +171,8 @@ class ClipSample:
     cameras: CameraArrays
     """All ``V`` cameras of the clip."""
     head: dict[str, np.ndarray]
-    """``shape [S]`` and the other head fields ``[T, C]``, float32."""
+    """``shape [S]`` and the other head fields ``[T, C]``, float32; optionally ``static_offset [V, 3]`` float32 (a
+    tracked subject's per-vertex offsets, :data:`~avp.data.checks.STATIC_OFFSET`; absent for synthetic subjects)."""
     gaussians: TeacherGaussians
     frames: np.ndarray | None = None
     """``[T', V', H, W, 3]`` uint8 selected frames."""

@@ -16,8 +16,9 @@ rot_0 rot_1 rot_2 rot_3 [binding_0]``
 
 Beside a GaussianAvatars ply goes ``flame_param.npz`` (``np.savez``, every array float32 because GaussianAvatars'
 motion loader keeps only float32 arrays): ``shape [S]``, ``expr [T, E]``, ``rotation``, ``neck_pose``,
-``jaw_pose``, ``translation [T, 3]``, ``eyes_pose [T, 6]``, ``static_offset [1, V, 3]`` and
-``dynamic_offset [T, V, 3]`` (zeros here).
+``jaw_pose``, ``translation [T, 3]``, ``eyes_pose [T, 6]``, ``static_offset [1, V, 3]`` (the avatar's, for a tracked
+subject; else zeros) and ``dynamic_offset [T, V, 3]`` (zeros here). A tracked subject's splats are face-local on its
+neutral head *plus* that static offset (GaussianAvatars' mesh), so the ply and the npz belong together.
 
 Every file is written atomically (a temporary file renamed over the target).
 """
@@ -181,24 +182,46 @@ def cloud_from_splats(splats: PlySplats, *, dtype: torch.dtype = torch.float32) 
     return cloud.map(lambda x: x.to(dtype)[None])
 
 
-def _neutral_frames(head_model: torch.nn.Module, shape: Tensor, binding: Tensor):
-    verts = head_model.canonical(shape.reshape(1, -1).double())[0]  # [V, 3]
+def _as_offset(static_offset: Tensor | np.ndarray | None, n_vertices: int) -> Tensor | None:
+    """A static offset ``[V, 3]`` or ``[1, V, 3]`` (tensor or array) -> float64 CPU ``[1, V, 3]``, or None."""
+    if static_offset is None:
+        return None
+    offset = torch.as_tensor(static_offset).detach().double().cpu()
+    if offset.dim() == 2:
+        offset = offset[None]
+    if offset.dim() != 3 or tuple(offset.shape) != (1, n_vertices, 3):
+        raise ValueError(f"ply: static_offset must be [V, 3] or [1, V, 3] with V = {n_vertices}, got "
+                         f"{list(offset.shape)}")
+    return offset
+
+
+def _neutral_frames(head_model: torch.nn.Module, shape: Tensor, binding: Tensor,
+                    static_offset: Tensor | np.ndarray | None = None):
+    offset = _as_offset(static_offset, head_model.n_vertices)
+    if offset is None:
+        verts = head_model.canonical(shape.reshape(1, -1).double())[0]  # [V, 3]
+    else:
+        verts = head_model.canonical(shape.reshape(1, -1).double(), offset)[0]  # the tracked neutral mesh
     faces = head_model.tensors(verts)["faces"]
     return face_frames(verts, faces).gather(binding.to(faces.device))
 
 
 def to_gaussian_avatars(cloud: GaussianCloud, binding: Tensor, head_model: torch.nn.Module, shape: Tensor, *,
-                        sh_degree: int | None = None) -> PlySplats:
+                        sh_degree: int | None = None,
+                        static_offset: Tensor | np.ndarray | None = None) -> PlySplats:
     """Canonical Gaussians (the subject's neutral head space) bound to faces -> GaussianAvatars' face-local arrays.
 
     Positions, log scales and rotations are expressed in the frames of the bound triangles of the neutral head
-    ``head_model.canonical(shape)``; so GaussianAvatars' ``world = R local s + c`` on that mesh gives back the
-    canonical cloud exactly, and its viewer animates the splats rigidly with their triangles.
+    ``head_model.canonical(shape, static_offset)``; so GaussianAvatars' ``world = R local s + c`` on that mesh gives
+    back the canonical cloud exactly, and its viewer animates the splats rigidly with their triangles.
 
     Args:
         cloud: ``[N]`` fields or ``[1, N]`` (padding dropped together with its ``binding`` entries).
         binding: ``[N]`` (or ``[1, N]``) long face indices.
         shape: ``[S]`` the subject's identity coefficients.
+        static_offset: ``[V, 3]`` (or ``[1, V, 3]``) a tracked subject's per-vertex offsets (e.g.
+            :attr:`Avatar.static_offset <avp.models.avatar.Avatar.static_offset>`), or None (zero); write the same
+            offset into ``flame_param.npz`` (:func:`write_flame_param_npz`).
     """
     if binding.dim() == 2:
         binding = binding[0][cloud.valid_mask()[0]] if cloud.means.dim() == 3 else binding[0]
@@ -208,7 +231,7 @@ def to_gaussian_avatars(cloud: GaussianCloud, binding: Tensor, head_model: torch
     binding = binding.long().cpu()
     if binding.numel() and (int(binding.min()) < 0 or int(binding.max()) >= head_model.n_faces):
         raise ValueError(f"ply: binding must index faces of {head_model.name} in [0, {head_model.n_faces})")
-    frames = _neutral_frames(head_model, shape.detach().cpu(), binding)
+    frames = _neutral_frames(head_model, shape.detach().cpu(), binding, static_offset)
     means = c.means.detach().double().cpu()
     local = GaussianCloud(means=world_to_local_points(means, frames),
                           quats=world_to_local_quats(c.quats.detach().double().cpu(), frames),
@@ -221,10 +244,13 @@ def to_gaussian_avatars(cloud: GaussianCloud, binding: Tensor, head_model: torch
 
 
 def from_gaussian_avatars(splats: PlySplats, head_model: torch.nn.Module, shape: Tensor, *,
-                          legacy_order: bool = False) -> tuple[GaussianCloud, Tensor]:
+                          legacy_order: bool = False,
+                          static_offset: Tensor | np.ndarray | None = None) -> tuple[GaussianCloud, Tensor]:
     """Inverse of :func:`to_gaussian_avatars`: ``(cloud [1, N] canonical, binding [1, N])``.
 
-    ``legacy_order`` reads files written before GaussianAvatars' March 2024 quaternion fix.
+    ``legacy_order`` reads files written before GaussianAvatars' March 2024 quaternion fix. ``static_offset``
+    (``[1, V, 3]`` as ``flame_param.npz`` holds it, or ``[V, 3]``; None: zero) puts the splats on the tracked neutral
+    mesh they were written on; the cloud is then canonical on that mesh (bind it with the same offset).
     """
     if splats.binding is None:
         raise PlyError("ply: these splats have no binding_0 (not a GaussianAvatars point_cloud.ply)")
@@ -232,7 +258,7 @@ def from_gaussian_avatars(splats: PlySplats, head_model: torch.nn.Module, shape:
     if binding.numel() and int(binding.max()) >= head_model.n_faces:
         raise PlyError(f"ply: binding_0 reaches face {int(binding.max())} but {head_model.name} has "
                        f"{head_model.n_faces} faces (a ply of another head model?)")
-    frames = _neutral_frames(head_model, shape.detach().cpu(), binding)
+    frames = _neutral_frames(head_model, shape.detach().cpu(), binding, static_offset)
     raw = cloud_from_splats(splats, dtype=torch.float64).map(lambda x: x[0])
     cloud = GaussianCloud(means=local_to_world_points(raw.means, frames),
                           quats=local_to_world_quats(raw.quats, frames, legacy_order=legacy_order),
@@ -292,15 +318,19 @@ def write_gaussian_avatars_ply(path: str | Path, splats: PlySplats, *, sh_degree
     return _write_ply(path, gaussian_avatars_fields(splats.sh_degree), splats.columns())
 
 
-def write_flame_param_npz(path: str | Path, params: HeadParams, n_vertices: int) -> Path:
+def write_flame_param_npz(path: str | Path, params: HeadParams, n_vertices: int, *,
+                          static_offset: Tensor | np.ndarray | None = None) -> Path:
     """GaussianAvatars' ``flame_param.npz`` for ``params [T]`` (or ``[]`` for one frame) of a head with
-    ``n_vertices`` vertices; ``shape`` is taken from the first frame; offsets are zeros."""
+    ``n_vertices`` vertices; ``shape`` is taken from the first frame; ``static_offset`` (``[V, 3]`` or ``[1, V, 3]``,
+    the one the ply was written with) or zeros; ``dynamic_offset`` zeros."""
     p = params.map(lambda t: t.detach().float().cpu().reshape(-1, t.shape[-1]))  # [T, C]
     T = p.expr.shape[0]
     arrays = {"shape": p.shape[0].numpy()}
     for key, field in FLAME_PARAM_NAMES.items():
         arrays[key] = getattr(p, field).numpy()
-    arrays["static_offset"] = np.zeros((1, n_vertices, 3), np.float32)
+    offset = _as_offset(static_offset, n_vertices)
+    arrays["static_offset"] = (np.zeros((1, n_vertices, 3), np.float32) if offset is None
+                               else offset.numpy().astype(np.float32))
     arrays["dynamic_offset"] = np.zeros((T, n_vertices, 3), np.float32)
     buf = io.BytesIO()
     np.savez(buf, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})

@@ -145,7 +145,7 @@ class GeneratorModule(LightningModule):
     def _tokens_and_condition(self, batch: AvatarBatch) -> tuple[Tensor, Tensor, Tensor]:
         teacher = batch.teacher
         tokens, lengths = self.net.teacher_tokens(teacher.means, batch.binding, teacher.valid_mask())
-        condition = self.net.encode_condition(batch.portrait, batch.portrait_head)
+        condition = self.net.encode_condition(batch.portrait, batch.portrait_head, batch.static_offset)
         return tokens, lengths, condition
 
     def training_step(self, batch: AvatarBatch, batch_idx: int) -> Tensor:
@@ -238,7 +238,9 @@ class GeneratorModule(LightningModule):
 
     def _sample_and_score(self, batch: AvatarBatch, condition: Tensor, k: int, batch_idx: int) -> None:
         generator = torch.Generator(device=condition.device).manual_seed(self.hparams.seed + batch_idx)
-        out = self.net.sample(condition, self.val_sampling, generator, shape=batch.portrait_head.shape[:k])
+        offset = None if batch.static_offset is None else batch.static_offset[:k]
+        out = self.net.sample(condition, self.val_sampling, generator, shape=batch.portrait_head.shape[:k],
+                              static_offset=offset)
         teacher = batch.teacher
         mask = teacher.valid_mask()[:k]
         metrics = batch_point_cloud_metrics(out.points, out.binding, out.mask, teacher.means[:k], batch.binding[:k],

@@ -17,8 +17,11 @@ The predict split is the DataModule's test split. Both stages predict **per subj
       <out>/<subject>/avatar/                          save_avatar: avatar.json, avatar.npz, portrait.png
                                                        (avp.export.load_avatar reads it back)
       <out>/<subject>/gaussian_avatars/point_cloud.ply GaussianAvatars' face-local splats (binding_0)
-      <out>/<subject>/gaussian_avatars/flame_param.npz the clip's drawn frames as GaussianAvatars motion
+      <out>/<subject>/gaussian_avatars/flame_param.npz the clip's drawn frames as GaussianAvatars motion (with the
+                                                       subject's static_offset when its shard has one)
       <out>/<subject>/avatar_world.ply                 INRIA 3DGS ply in world space, rest pose
+      <out>/<subject>/sibr/                            with the writer's ``sibr: true`` (as ``avp avatarize
+                                                       --sibr``): the same splats as an INRIA/SIBR model folder
 
 ``<out>`` is ``<log_dir>/predictions`` (the logger's version folder, e.g. ``runs/decoder/version_3/predictions``, or
 ``default_root_dir`` without a logger) unless ``output_dir`` is given. ``avp predict`` installs the writer when the
@@ -27,7 +30,7 @@ config has none (:mod:`avp.cli`); a config may list it to choose ``output_dir``:
     trainer:
       callbacks:
         - class_path: avp.lit.predict.PredictionWriter
-          init_args: {output_dir: out/predictions}
+          init_args: {output_dir: out/predictions, sibr: true}
 
 Every file is written atomically (a temporary file renamed over the target); a repeated subject (DDP pads the last
 batches with wrapped-around samples) is written again with identical content.
@@ -59,6 +62,10 @@ if TYPE_CHECKING:
 
 POINT_PLY_FIELDS = (("x", "f4"), ("y", "f4"), ("z", "f4"), ("binding", "i4"))
 """Properties of a generated cloud's ``points.ply`` (one ``vertex`` element)."""
+
+SIBR_VIEW_SIZE = 512
+"""Image size (pixels, square) of the views in a predicted avatar's ``sibr/cameras.json`` (``avp avatarize``'s
+default ``--size``)."""
 
 
 def subject_dirname(subject: str) -> str:
@@ -141,7 +148,9 @@ class PredictedAvatar:
     motion: HeadParams
     """``[T]`` head parameters (GaussianAvatars' ``flame_param.npz``)."""
 
-    def write(self, directory: str | Path) -> list[Path]:
+    def write(self, directory: str | Path, *, sibr: bool = False) -> list[Path]:
+        """The exports of ``avp avatarize`` into ``directory``; ``sibr`` adds ``sibr/`` (its ``--sibr``: an INRIA 3DGS
+        model folder of the avatar at rest, 9 views of the training framing over +-60 degrees of yaw)."""
         from avp.export.avatar import save_avatar
         from avp.export.ply import (
             to_gaussian_avatars,
@@ -156,11 +165,18 @@ class PredictedAvatar:
         save_avatar(avatar, directory / "avatar")
         written = [directory / "avatar" / name for name in ("avatar.json", "avatar.npz", "portrait.png")
                    if (directory / "avatar" / name).is_file()]
-        ga = to_gaussian_avatars(avatar.cloud, avatar.binding, head_model, avatar.shape.cpu())
+        offset = avatar.static_offset  # [V, 3] a tracked subject's (GaussianAvatars' mesh), or None
+        ga = to_gaussian_avatars(avatar.cloud, avatar.binding, head_model, avatar.shape.cpu(), static_offset=offset)
         written.append(write_gaussian_avatars_ply(directory / "gaussian_avatars" / "point_cloud.ply", ga))
         written.append(write_flame_param_npz(directory / "gaussian_avatars" / "flame_param.npz", self.motion,
-                                             head_model.n_vertices))
-        written.append(write_splat_ply(directory / "avatar_world.ply", avatar.animate(avatar.neutral(1))))
+                                             head_model.n_vertices, static_offset=offset))
+        world = avatar.animate(avatar.neutral(1))
+        written.append(write_splat_ply(directory / "avatar_world.ply", world))
+        if sibr:
+            from avp.export.inria import write_inria_model
+
+            views = avatar.view_cameras(torch.linspace(-60.0, 60.0, 9), size=SIBR_VIEW_SIZE)
+            written += list(write_inria_model(directory / "sibr", world, views, white_background=True).values())
         return written
 
 
@@ -175,12 +191,14 @@ def _subject_batch(batch: AvatarBatch, b: int) -> AvatarBatch:
 def generator_predictions(module: Any, batch: AvatarBatch) -> list[GeneratedCloud]:
     """:meth:`GeneratorModule.predict_step`: sample one cloud per subject with ``val_sampling`` and ``seed``."""
     seed = int(module.hparams.seed)
-    condition = module.net.encode_condition(batch.portrait, batch.portrait_head)
+    offset = batch.static_offset  # [B, V, 3] tracked subjects' (mesh tokens and nearest faces on it), or None
+    condition = module.net.encode_condition(batch.portrait, batch.portrait_head, offset)
     out = []
     for b, subject in enumerate(batch.subject):
         generator = torch.Generator(device=condition.device).manual_seed(seed)
         s = module.net.sample(condition[b : b + 1], module.val_sampling, generator,
-                              shape=batch.portrait_head.shape[b : b + 1])
+                              shape=batch.portrait_head.shape[b : b + 1],
+                              static_offset=None if offset is None else offset[b : b + 1])
         n, length = int(s.n_points[0]), int(s.lengths[0])
         out.append(GeneratedCloud(
             subject=str(subject), tokens=s.tokens[0, :length].cpu().numpy().astype(np.int64),
@@ -242,12 +260,17 @@ class PredictionWriter(BasePredictionWriter):
             docstring).
         return_predictions: also keep every prediction in memory for ``trainer.predict``'s return value; False
             (default) writes them only, so a large split does not accumulate (``trainer.predict`` returns None).
+        sibr: also write each predicted avatar as an INRIA/SIBR model folder, ``<subject>/sibr/`` (``cfg_args``,
+            ``cameras.json``, ``input.ply``, ``point_cloud/iteration_30000/point_cloud.ply``; what ``avp avatarize
+            --sibr`` writes, see :func:`avp.export.inria.write_inria_model`); decoder predictions only (a generated
+            cloud has no splats).
     """
 
-    def __init__(self, output_dir: str | None = None, return_predictions: bool = False) -> None:
+    def __init__(self, output_dir: str | None = None, return_predictions: bool = False, sibr: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.return_predictions = return_predictions
+        self.sibr = bool(sibr)
         self.directory: Path | None = None
         """The folder predictions are written to (set in ``setup``)."""
         self.written: list[Path] = []
@@ -281,7 +304,11 @@ class PredictionWriter(BasePredictionWriter):
             if not (hasattr(item, "write") and hasattr(item, "subject")):
                 raise TypeError(f"PredictionWriter: predict_step must return objects with .subject and .write(dir) "
                                 f"(avp.lit.predict.GeneratedCloud / PredictedAvatar), got {type(item).__name__}")
-            self.written += item.write(self.directory / subject_dirname(item.subject))
+            directory = self.directory / subject_dirname(item.subject)
+            if isinstance(item, PredictedAvatar):
+                self.written += item.write(directory, sibr=self.sibr)
+            else:
+                self.written += item.write(directory)
             self.subjects.append(str(item.subject))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

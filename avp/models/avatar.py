@@ -277,9 +277,11 @@ class AvatarModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- points
     @torch.no_grad()
-    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams) -> Tensor:
-        """Condition tokens ``[B, C, D]`` of the frozen generator (portrait ``[B, 3, H, W]`` + its head fit)."""
-        return self.generator.encode_condition(portrait, portrait_head)
+    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams,
+                         static_offset: Tensor | None = None) -> Tensor:
+        """Condition tokens ``[B, C, D]`` of the frozen generator (portrait ``[B, 3, H, W]`` + its head fit, on the
+        subjects' tracked mesh when ``static_offset [B, V, 3]`` is given)."""
+        return self.generator.encode_condition(portrait, portrait_head, static_offset)
 
     def template_cloud(self, shape: Tensor, static_offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The template points on each subject's neutral head (``shape [B, S]``, ``static_offset [B, V, 3]`` or
@@ -316,15 +318,15 @@ class AvatarModel(nn.Module):
             portrait_camera: the portrait's camera (``Ks [B, 1, 3, 3]`` or ``[B, 3, 3]``); required when the decoder's
                 ``appearance`` is ``pixel``.
             static_offset: ``[B, V, 3]`` the subjects' tracked per-vertex offsets (part of their neutral meshes: the
-                template points and the rig use them), or None.
+                condition's mesh tokens, nearest-face sampling, the template points and the rig use them), or None.
         """
         if points not in POINT_SOURCES:
             raise ValueError(f"DecoderModule: points must be one of {POINT_SOURCES}, got {points!r}")
         shape = portrait_head.shape if shape is None else shape
-        condition = self.encode_condition(portrait, portrait_head)
+        condition = self.encode_condition(portrait, portrait_head, static_offset)
         if points == "generated":
             cfg = self.sampling if sampling is None else dataclasses.replace(sampling, window=self.feature_window)
-            out = self.generator.sample(condition, cfg, generator, on_step, shape=shape)
+            out = self.generator.sample(condition, cfg, generator, on_step, shape=shape, static_offset=static_offset)
             return self._inputs(out.points, out.binding, out.mask, out.n_points, out.point_hidden, out.finished,
                                 condition, portrait, portrait_head, shape, portrait_camera, static_offset)
         if points == "teacher":

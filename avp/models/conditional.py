@@ -50,10 +50,13 @@ class ConditionalPointGenerator(nn.Module):
             head.to(device)
         return head
 
-    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams) -> Tensor:
-        """``portrait [B, 3, H, W]`` in 0..1 and its head parameters ``[B]`` -> condition tokens ``[B, C, D]``."""
+    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams,
+                         static_offset: Tensor | None = None) -> Tensor:
+        """``portrait [B, 3, H, W]`` in 0..1 and its head parameters ``[B]`` -> condition tokens ``[B, C, D]``; the
+        mesh tokens come from the subjects' tracked mesh when ``static_offset [B, V, 3]`` is given."""
         head = self._head_on(portrait.device)
-        vertices = condition_vertices(head, portrait_head.to(portrait.device), self.condition.config.mesh.space)
+        vertices = condition_vertices(head, portrait_head.to(portrait.device), self.condition.config.mesh.space,
+                                      static_offset)
         return self.condition(portrait, vertices, head.faces)
 
     def teacher_tokens(self, means: Tensor, binding: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -75,20 +78,23 @@ class ConditionalPointGenerator(nn.Module):
         out = self.teacher_forced(condition, tokens, window, keep, keep_logits=False)
         return point_features(out.hidden, (lengths - 2) // 4)
 
-    def face_centers(self, shape: Tensor) -> Tensor:
-        """``shape [B, S]`` -> centres ``[B, F, 3]`` of the head model's faces on each canonical (neutral) mesh."""
+    def face_centers(self, shape: Tensor, static_offset: Tensor | None = None) -> Tensor:
+        """``shape [B, S]`` -> centres ``[B, F, 3]`` of the head model's faces on each canonical (neutral) mesh, plus
+        the subjects' ``static_offset [B, V, 3]`` when given (their tracked neutral mesh)."""
         head = self._head_on(shape.device)
-        vertices = head.canonical(shape)  # [B, V, 3]
+        vertices = head.canonical(shape, static_offset)  # [B, V, 3]
         return vertices[:, head.faces].mean(-2)  # [B, F, 3]
 
     def sample(self, condition: Tensor, config: SamplingConfig | None = None,
                generator: torch.Generator | Sequence[torch.Generator] | None = None,
-               on_step: Callable[[int, int], None] | None = None, shape: Tensor | None = None) -> SampleOutput:
+               on_step: Callable[[int, int], None] | None = None, shape: Tensor | None = None,
+               static_offset: Tensor | None = None) -> SampleOutput:
         """Sample one cloud per condition (see :func:`avp.models.sampling.sample`); ``shape [B, S]`` is the subjects'
-        identity, needed when ``config.bind_nearest > 0``."""
+        identity, needed when ``config.bind_nearest > 0``, and ``static_offset [B, V, 3]`` their tracked per-vertex
+        offsets (the nearest faces are then those of the offset mesh), or None."""
         centers = None
         if config is not None and config.bind_nearest > 0:
             if shape is None:
                 raise ValueError("sample: sampling.bind_nearest > 0 needs the subjects' shape")
-            centers = self.face_centers(shape.to(condition.device, torch.float32))
+            centers = self.face_centers(shape.to(condition.device, torch.float32), static_offset)
         return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers)

@@ -321,8 +321,10 @@ class MeshPointEncoder(nn.Module):
         return self.norm(x)
 
 
-def condition_vertices(head_model: nn.Module, portrait_head: HeadParams, space: str = "canonical") -> Tensor:
-    """The portrait's head mesh ``[B, V, 3]`` from ``head_model.forward`` (``space`` as :class:`MeshEncoderConfig`)."""
+def condition_vertices(head_model: nn.Module, portrait_head: HeadParams, space: str = "canonical",
+                       static_offset: Tensor | None = None) -> Tensor:
+    """The portrait's head mesh ``[B, V, 3]`` from ``head_model.forward`` (``space`` as :class:`MeshEncoderConfig`),
+    on the subject's tracked mesh when ``static_offset [B, V, 3]`` is given (None: the bare head model's)."""
     if space not in MESH_SPACES:
         raise ValueError(f"mesh encoder: space must be one of {MESH_SPACES}, got {space!r}")
     params = portrait_head
@@ -332,7 +334,9 @@ def condition_vertices(head_model: nn.Module, portrait_head: HeadParams, space: 
                                    dtype=portrait_head.shape.dtype)
         params = HeadParams(portrait_head.shape, neutral.expr, neutral.global_rot, neutral.neck_pose,
                             neutral.jaw_pose, neutral.eyes_pose, neutral.translation)
-    return head_model(params).vertices
+    if static_offset is None:
+        return head_model(params).vertices
+    return head_model(params, static_offset=static_offset).vertices
 
 
 class ConditionEncoder(nn.Module):

@@ -46,11 +46,13 @@ def random_splats(n: int, degree: int, n_faces: int, seed: int = 0) -> PlySplats
                      rot=f(n, 4), binding=g.integers(0, n_faces, n))
 
 
-def random_cloud(head, n: int, degree: int, seed: int = 0) -> tuple[GaussianCloud, torch.Tensor, torch.Tensor]:
-    """Canonical splats near the surface of a random subject's neutral head, with their faces."""
+def random_cloud(head, n: int, degree: int, seed: int = 0,
+                 static_offset: torch.Tensor | None = None) -> tuple[GaussianCloud, torch.Tensor, torch.Tensor]:
+    """Canonical splats near the surface of a random subject's neutral head (plus ``static_offset [V, 3]``), with
+    their faces."""
     g = torch.Generator().manual_seed(seed)
     shape = torch.randn(head.n_shape, generator=g)
-    verts = head.canonical(shape[None])[0]
+    verts = head.canonical(shape[None], None if static_offset is None else static_offset[None])[0]
     faces = torch.randint(0, head.n_faces, (n,), generator=g)
     bary = torch.rand(n, 3, generator=g)
     bary = bary / bary.sum(-1, keepdim=True)
@@ -153,6 +155,63 @@ def test_gaussian_avatars_local_round_trip(tmp_path, head):
     torch.testing.assert_close(dot, torch.ones_like(dot), atol=1e-5, rtol=0)
     # face-local positions really are local: small next to the head, of the order of a triangle
     assert np.abs(splats.xyz).max() < 20 and np.abs(splats.xyz).max() > 0.01
+
+
+def _ga_world(verts: np.ndarray, faces: np.ndarray, splats: PlySplats) -> tuple[np.ndarray, ...]:
+    """GaussianAvatars' world-space splats on the mesh ``verts`` (its ``face_orien_mat``, ``face_scaling``,
+    ``face_center`` and ``get_xyz / get_scaling / get_rotation``), written out independently in numpy (float64):
+    ``(means, scales, rotation matrices)``."""
+    v0, v1, v2 = (verts[faces[splats.binding, k]].astype(np.float64) for k in range(3))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    a0 = unit(v1 - v0)
+    a1 = unit(np.cross(a0, v2 - v0))
+    a2 = -unit(np.cross(a1, a0))
+    R = np.stack([a0, a1, a2], -1)
+    s = (np.linalg.norm(v1 - v0, axis=-1) + np.abs((a2 * (v2 - v0)).sum(-1))) / 2
+    means = np.einsum("nij,nj->ni", R, splats.xyz) * s[:, None] + (v0 + v1 + v2) / 3
+    return means, np.exp(splats.scale) * s[:, None], R @ _quat_matrix(splats.rot)
+
+
+def _quat_matrix(q: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` wxyz quaternions (any norm) -> ``[N, 3, 3]`` rotation matrices (float64)."""
+    w, x, y, z = (q / np.linalg.norm(q, axis=-1, keepdims=True)).astype(np.float64).T
+    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
+
+
+def test_a_tracked_subjects_export_carries_its_static_offset(tmp_path, head):
+    g = torch.Generator().manual_seed(7)
+    offset = torch.tensor([0.01, 0.02, 0.03]) + 0.003 * torch.randn(head.n_vertices, 3, generator=g)  # [V, 3]
+    cloud, faces, shape = random_cloud(head, 40, 1, seed=6, static_offset=offset)
+    splats = to_gaussian_avatars(cloud, faces, head, shape, static_offset=offset)
+    ply = write_gaussian_avatars_ply(tmp_path / "point_cloud.ply", splats)
+    params = HeadParams.zeros(3, n_shape=head.n_shape, n_expr=head.n_expr)
+    params.shape[:] = shape
+    npz = write_flame_param_npz(tmp_path / "flame_param.npz", params, head.n_vertices, static_offset=offset)
+    arrays = read_flame_param_npz(npz)
+    assert arrays["static_offset"].shape == (1, head.n_vertices, 3) and arrays["static_offset"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["static_offset"][0], offset.numpy())
+
+    # GaussianAvatars' own formulas on its mesh (the neutral head of the npz's shape plus its static offset) give
+    # back our canonical splats
+    read = read_gaussian_avatars_ply(ply)
+    mesh = head.canonical(torch.from_numpy(arrays["shape"]).double()[None])[0].numpy() + arrays["static_offset"][0]
+    means, scales, rotations = _ga_world(mesh, head.faces.numpy(), read)
+    np.testing.assert_allclose(means, cloud.means[0].double().numpy(), atol=2e-6, rtol=0)
+    np.testing.assert_allclose(scales, cloud.scales[0].double().numpy(), atol=1e-8, rtol=1e-5)
+    np.testing.assert_allclose(rotations, _quat_matrix(cloud.quats[0].double().numpy()), atol=1e-5, rtol=0)
+    # without the offset GaussianAvatars would put them ~3.7 cm away: the npz and the ply belong together
+    bare, _, _ = _ga_world(mesh - arrays["static_offset"][0], head.faces.numpy(), read)
+    assert np.linalg.norm(bare - cloud.means[0].numpy(), axis=-1).min() > 0.02
+
+    # and read back with the npz's offset
+    back, binding = from_gaussian_avatars(read, head, shape, static_offset=arrays["static_offset"])
+    assert torch.equal(binding[0], faces)
+    torch.testing.assert_close(back.means, cloud.means, atol=2e-6, rtol=0)
+    torch.testing.assert_close(back.scales, cloud.scales, atol=1e-8, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"static_offset must be \[V, 3\] or \[1, V, 3\]"):
+        to_gaussian_avatars(cloud, faces, head, shape, static_offset=offset[:-1])
 
 
 def test_flame_param_npz(tmp_path, head):

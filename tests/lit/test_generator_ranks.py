@@ -81,3 +81,18 @@ def test_batches_move_with_non_blocking_copies(head, monkeypatch: pytest.MonkeyP
     on_cpu = transfer_batch(batch, torch.device("cpu"))
     assert all(not c.get("non_blocking") for c in calls) and on_cpu.portrait.device.type == "cpu"
     assert transfer_batch({"x": torch.ones(2)}, torch.device("meta"))["x"].device.type == "meta"
+
+
+def test_training_conditions_on_the_tracked_mesh_like_inference(head) -> None:
+    """A batch's static offset reaches the generator's training condition (as it reaches sampling at inference)."""
+    module = tiny_module()
+    module.eval()
+    batch = make_batch(head, 2, 12, seed=3)
+    offset = torch.zeros(2, head.n_vertices, 3)
+    offset[:, :, 1] = 0.02  # the tracked mesh 2 cm above the bare one
+    tracked = AvatarBatch(**{**vars(batch), "static_offset": offset})
+    with torch.no_grad():
+        _, _, bare = module._tokens_and_condition(batch)
+        _, _, moved = module._tokens_and_condition(tracked)
+        expected = module.net.encode_condition(tracked.portrait, tracked.portrait_head, offset)
+    assert torch.equal(moved, expected) and not torch.allclose(moved, bare)

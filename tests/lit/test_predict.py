@@ -6,12 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lightning.pytorch import Trainer
+import torch
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from avp.head import load_head_model
 from avp.lit.callbacks import local_log_dir
 from avp.lit.image_logging import DecoderImageLogger
-from avp.lit.predict import GeneratedCloud, PredictionWriter, read_point_ply, subject_dirname, write_point_ply
+from avp.lit.predict import (
+    GeneratedCloud,
+    PredictedAvatar,
+    PredictionWriter,
+    read_point_ply,
+    subject_dirname,
+    write_point_ply,
+)
 
 
 def _trainer(tmp_path: Path, **kw) -> Trainer:
@@ -80,3 +89,83 @@ def test_image_logger_agrees_on_its_folder_in_setup(tmp_path: Path) -> None:
     images.setup(trainer, None, "fit")
     assert images.log_dir(trainer) == Path(trainer.log_dir)
     assert local_log_dir(_trainer(tmp_path, logger=False)) == tmp_path
+
+
+# --------------------------------------------------------------------------------------- decoder predictions
+def _avatar(static_offset: torch.Tensor | None, n: int = 30, seed: int = 0):
+    """A small avatar on the built-in head (random splats on its neutral mesh, plus ``static_offset [V, 3]``)."""
+    from avp.head import HeadConfig, load_head_model
+    from avp.models.avatar import Avatar
+    from avp.types import GaussianCloud, HeadParams
+
+    head = load_head_model()
+    g = torch.Generator().manual_seed(seed)
+    shape = 0.5 * torch.randn(head.n_shape, generator=g)
+    offset = None if static_offset is None else static_offset[None]
+    verts = head.canonical(shape[None], offset)[0]
+    faces = torch.randint(0, head.n_faces, (n,), generator=g)
+    bary = torch.rand(n, 3, generator=g) + 0.1
+    points = ((bary / bary.sum(-1, keepdim=True))[..., None] * verts[head.faces[faces]]).sum(-2)
+    cloud = GaussianCloud(means=points + 0.001 * torch.randn(n, 3, generator=g),
+                          quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
+                          scales=torch.full((n, 3), 0.004), opacities=torch.full((n,), 0.9),
+                          sh=0.3 * torch.randn(n, 4, 3, generator=g)).map(lambda t: t[None])
+    portrait_head = HeadParams.zeros(1, n_shape=head.n_shape, n_expr=head.n_expr)
+    portrait_head.shape = shape[None].clone()
+    rig = head.rig(faces[None], points[None], shape[None], offset)
+    return Avatar(cloud=cloud, binding=faces, points=points, shape=shape, head_model=head, rig=rig,
+                  portrait_head=portrait_head, head_config=HeadConfig(), meta={"seed": 0})
+
+
+class _AvatarPredictor(LightningModule):
+    """Stands in for ``DecoderModule.predict_step``: one :class:`PredictedAvatar` per subject of a batch."""
+
+    def __init__(self, avatars: dict) -> None:
+        super().__init__()
+        self.avatars = avatars
+
+    def predict_step(self, batch, batch_idx: int):
+        from avp.types import HeadParams
+
+        out = []
+        for subject in batch[0].tolist():
+            avatar = self.avatars[f"s{subject}"]
+            motion = HeadParams.zeros(2, n_shape=avatar.head_model.n_shape, n_expr=avatar.head_model.n_expr)
+            motion.shape[:] = avatar.shape
+            out.append(PredictedAvatar(subject=f"s{subject}", avatar=avatar, motion=motion))
+        return out
+
+
+def test_a_predict_run_writes_the_sibr_model_folder_and_the_subjects_static_offset(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from avp.export.avatar import load_avatar
+    from avp.export.inria import INRIA_ITERATION, read_cfg_args, read_inria_cameras
+    from avp.export.ply import read_flame_param_npz, read_splat_ply
+    from avp.lit.predict import SIBR_VIEW_SIZE
+
+    offset = 0.01 + 0.002 * torch.randn(load_head_model().n_vertices, 3, generator=torch.Generator().manual_seed(1))
+    avatars = {"s0": _avatar(None), "s1": _avatar(offset, seed=1)}
+    loader = DataLoader(TensorDataset(torch.arange(2)), batch_size=2)
+    for sibr in (False, True):
+        out = tmp_path / f"sibr_{sibr}"
+        writer = PredictionWriter(output_dir=str(out), sibr=sibr)
+        _trainer(tmp_path, logger=False, callbacks=[writer]).predict(_AvatarPredictor(avatars), loader)
+        assert sorted(writer.subjects) == ["s0", "s1"]
+        for subject in ("s0", "s1"):
+            assert (out / subject / "sibr").is_dir() == sibr
+    run = tmp_path / "sibr_True" / "s1"
+    ns = read_cfg_args(run / "sibr" / "cfg_args")
+    assert ns.sh_degree == 3 and ns.white_background is True and ns.model_path == str((run / "sibr").resolve())
+    cams = read_inria_cameras(run / "sibr" / "cameras.json")
+    assert cams.n_views == 9 and (cams.width, cams.height) == (SIBR_VIEW_SIZE, SIBR_VIEW_SIZE)
+    world = read_splat_ply(run / "avatar_world.ply")  # the avatar at rest in world space, as avp avatarize --sibr
+    sibr = read_splat_ply(run / "sibr" / "point_cloud" / f"iteration_{INRIA_ITERATION}" / "point_cloud.ply")
+    for name in ("xyz", "f_dc", "f_rest", "opacity", "scale", "rot"):
+        np.testing.assert_array_equal(getattr(sibr, name), getattr(world, name))
+    assert sibr.n_points == load_avatar(run / "avatar").n_points == 30
+    # GaussianAvatars' npz carries the tracked subject's offset (the ply is face-local on that mesh), zeros else
+    np.testing.assert_array_equal(read_flame_param_npz(run / "gaussian_avatars" / "flame_param.npz")
+                                  ["static_offset"][0], offset.numpy())
+    assert not read_flame_param_npz(tmp_path / "sibr_True" / "s0" / "gaussian_avatars" / "flame_param.npz")[
+        "static_offset"].any()
