@@ -14,9 +14,7 @@ One command (``make benchmark``) runs, each step skipped when an earlier run of 
 Rows (``configs/benchmark.yaml``): ``full`` (generated points, position + AR features: the paper's model, its decoder
 trained on a bank of clouds sampled from the frozen generator), ``ar_position_only`` (no AR features, no
 cross-attention), ``ar_feature_only``, ``template`` ("FLAME position", LAM-style: template points, their position
-encoding and cross-attention to the portrait, no generator), ``template_ar_features`` (ours, not the paper's: the
-template points teacher-forced through the generator for AR features, which says how much of the full model's
-advantage is its features rather than its points), and two ceilings: ``teacher_points`` (the exact
+encoding and cross-attention to the portrait, no generator), and two ceilings: ``teacher_points`` (the exact
 centres of the splats that rendered the targets) and ``resampled_teacher`` (a new surface sampling of the same
 subject: what a perfect generator could give).
 """
@@ -41,8 +39,7 @@ from avp.atomic import atomic_write_json, atomic_write_text
 from avp.demo import Demo, DemoConfig, DemoData, DemoEval, DemoSheet, DemoStage, _deep_merge
 
 EvalPoints = Literal["generated", "teacher", "resampled", "template"]
-ROWS = ("full", "ar_position_only", "ar_feature_only", "template", "template_ar_features", "teacher_points",
-        "resampled_teacher")
+ROWS = ("full", "ar_position_only", "ar_feature_only", "template", "teacher_points", "resampled_teacher")
 IMAGE_METRICS = {"psnr": "psnr", "psnr_mask": "psnr_masked", "ssim": "ssim", "ssim_mask": "ssim_masked"}
 """Benchmark name -> the evaluation runner's metric name."""
 

@@ -11,7 +11,6 @@ ROW_LABELS = {
     "ar_position_only": "AR position only",
     "ar_feature_only": "AR feature only",
     "template": "Template points (FLAME position)",
-    "template_ar_features": "Template points + AR features (not the paper's)",
     "teacher_points": "Ceiling: teacher points",
     "resampled_teacher": "Ceiling: resampled teacher",
 }

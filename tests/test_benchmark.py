@@ -48,12 +48,11 @@ def test_the_shipped_config_has_every_row_faithfully() -> None:
     assert init["ar_position_only"]["decoder"] == {"inputs": "position", "cross_attention": False}
     assert init["ar_feature_only"]["decoder"] == {"inputs": "ar_feature"}
     # "FLAME position" is LAM-style: template points and the condition, no generated sequence to take features from
-    assert init["template"]["decoder"] == {"inputs": "position"} and "decoder" not in init["template_ar_features"]
+    assert init["template"]["decoder"] == {"inputs": "position"}
     # every row is trained on the kind of points it is evaluated on
     assert {name: row.eval_points for name, row in config.rows.items()} == {
         "full": "generated", "ar_position_only": "generated", "ar_feature_only": "generated",
-        "template": "template", "template_ar_features": "template", "teacher_points": "teacher",
-        "resampled_teacher": "resampled"}
+        "template": "template", "teacher_points": "teacher", "resampled_teacher": "resampled"}
     # the generator's own dataset shares no subject with the one the rows are evaluated on
     assert config.generator_data is not None and config.generator_data.seed != config.data.seed
     for name in ("full", "ar_position_only", "ar_feature_only"):
@@ -114,6 +113,6 @@ def test_the_whole_benchmark_runs_in_miniature_and_resumes(tmp_path: Path, capsy
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: only the summary is redone
     again = capsys.readouterr().out
-    # two datasets, the generator, 7 rows x 2 seeds of fits (the resampled row checks the teacher row's) and of
+    # two datasets, the generator, 6 rows x 2 seeds of fits (the resampled row checks the teacher row's) and of
     # evaluations
-    assert again.count("already done") == 2 + 1 + 7 * 2 + 7 * 2
+    assert again.count("already done") == 2 + 1 + 6 * 2 + 6 * 2
