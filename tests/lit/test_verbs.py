@@ -249,7 +249,8 @@ def test_decoder_fit_refuses_position_only_inputs_with_cross_attention(tmp_path:
                                                                       generator_ckpt: Path) -> None:
     with pytest.raises(ValueError) as info:
         run_cli(["fit", *DEC, f"--data.init_args.root={shards}", f"--model.init_args.generator_ckpt={generator_ckpt}",
-                 *QUIET, "--model.init_args.decoder.inputs=position"], cwd=tmp_path)
+                 *QUIET, "--model.init_args.decoder.inputs=position", "--model.init_args.points=generated"],
+                cwd=tmp_path)
     message = str(info.value)
     assert "model.decoder.inputs" in message and "model.decoder.cross_attention" in message
     assert "Rules of this stage" in message and "model.loss.l1" in message  # every rule is listed
