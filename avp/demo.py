@@ -198,7 +198,8 @@ class Demo:
         return self.run_dir(stage) / "version_0" / "checkpoints" / "last.ckpt"
 
     # ------------------------------------------------------------------------------------------------- steps
-    def synth(self, data: DemoData | None = None, root: Path | None = None, title: str = "1/6 synthetic dataset") -> None:
+    def synth(self, data: DemoData | None = None, root: Path | None = None,
+              title: str = "1/6 synthetic dataset") -> None:
         """``avp data synth`` of ``data`` (default: the config's) into ``root`` (default: :attr:`data_root`)."""
         d = self.config.data if data is None else data
         root = self.data_root if root is None else root

@@ -287,8 +287,9 @@ class PointBank:
 def bank_entries(model: AvatarModel, bank: PointBank, seed: int, subjects: list[str], portrait: Tensor,
                  portrait_head: HeadParams, shape: Tensor, static_offset: Tensor | None = None) -> list[BankEntry]:
     """The bank's clouds of ``subjects`` (portraits ``[B, 3, H, W]``, their head parameters ``[B]``, identities
-    ``[B, S]``, tracked static offsets ``[B, V, 3]`` or None); subjects not in the bank yet are sampled now from ``model``'s generator (``bank.samples`` clouds each
-    in one call, cloud ``k`` seeded by ``subject_seed(seed, subject) + k``: what :func:`fill_bank` stores) and stored.
+    ``[B, S]``, tracked static offsets ``[B, V, 3]`` or None); subjects not in the bank yet are sampled now from
+    ``model``'s generator (``bank.samples`` clouds each in one call, cloud ``k`` seeded by
+    ``subject_seed(seed, subject) + k``: what :func:`fill_bank` stores) and stored.
     A new subject's condition is encoded alone: the mesh condition's eval-mode surface sampling draws ``[B, n]``
     points from one seeded generator, so a subject's condition (and clouds) would otherwise depend on its
     batch-mates."""
