@@ -24,7 +24,8 @@ past ``max_corrupt_fraction``. The last batch of a pass carries every skip after
 yields its :class:`~avp.data.collate.SkipCounts` alone, so no skip goes uncounted.
 
 Position. The training order is a function of ``(seed, epoch, rank, worker)`` only; :attr:`ClipStream.epoch` is the
-epoch of the next pass (the DataModule saves it in checkpoints, so a resumed run continues the sequence of orders).
+epoch of the next pass and :attr:`ClipStream.skip` the batches of it to leave out (the DataModule saves both in
+checkpoints, so a run resumed mid-epoch continues at the very batch the interrupted one would have trained next).
 """
 
 from __future__ import annotations
@@ -124,6 +125,13 @@ def _seed(*parts: Any) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
+def _drop(items: Iterator[ClipItem], n: int) -> Iterator[ClipItem]:
+    """``items`` without its first ``n`` (drawn and decoded all the same: what comes after them is unchanged)."""
+    for i, item in enumerate(items):
+        if i >= n:
+            yield item
+
+
 class ClipStream(IterableDataset):
     """Batches of one split (an ``IterableDataset`` yielding :class:`AvatarBatch`; use ``batch_size=None``).
 
@@ -154,6 +162,10 @@ class ClipStream(IterableDataset):
         self._expects = {ref.name: ref.expect for ref in self.shards}
         self.epoch = 0
         """The epoch of the next pass: it seeds the training order (each pass counts it up)."""
+        self.skip = 0
+        """Training: batches (of this rank, over all its workers) the next pass leaves out at its start, to resume
+        mid-epoch; the pass draws them as usual (same order and random draws after them) but does not yield them.
+        Reset to 0 when the pass starts."""
 
     def _count(self, ref: ShardRef) -> int:
         try:
@@ -198,10 +210,20 @@ class ClipStream(IterableDataset):
         if n_workers != self._slots:
             raise RuntimeError(f"ClipStream was built for {self._slots} worker slots but runs in {n_workers}; "
                                "pass the DataLoader's num_workers")
-        epoch = self.epoch
-        self.epoch += 1
+        epoch, skip = self.epoch, self.skip
+        self.epoch, self.skip = epoch + 1, 0
         counter = CorruptCounter(self.cfg.skip_corrupt)
-        items = self._train_items(worker, epoch, counter) if self.train else self._eval_items(worker, counter)
+        if not self.train:
+            items = self._eval_items(worker, counter)
+        elif skip == 0:
+            items = self._train_items(worker, epoch, counter)
+        else:
+            # the loader takes batches from its workers in turn, starting with worker 0: batch j of a full pass is
+            # batch j // slots of slot j % slots. Resumed after `skip` batches, batch j of this pass is batch
+            # skip + j of the full one, so worker w plays slot (skip + w) % slots from that slot's batch
+            # (skip + w) // slots on: the same batches in the same order as the rest of the uninterrupted pass
+            slot, done = (worker + skip) % self._slots, (worker + skip) // self._slots
+            items = _drop(self._train_items(slot, epoch, counter), done * self.batch_size)
         # one full batch is held back until the next one is complete (or the pass ends), so that the last batch
         # carries the skips that come after its samples
         held: list[ClipItem] | None = None

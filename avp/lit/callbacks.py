@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -28,11 +29,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from avp.atomic import atomic_write_json
 from avp.lit.checkpointing import AtomicCheckpointIO, remove_stale_temps
+from avp.lit.ranks import rank_seed, rng_state, seed_rank, set_rng_state
 
 log = logging.getLogger(__name__)
 
 REQUEUE_CHECKPOINT = "last-requeue.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
+RNG_STATES_KEY = "avp_rng_states"
+"""Checkpoint key of the global RNG states, one entry per rank (:func:`avp.lit.ranks.rng_state`)."""
 
 
 def _now() -> str:
@@ -99,6 +103,12 @@ class FaultTolerance(Callback):
     - On resume, writes a TensorBoard purge marker at the first step the resumed run logs: events the killed
       process wrote after its checkpoint disappear, so each step is logged once and the curve continues.
     - Always leaves ``last.ckpt`` of the final state in ``checkpoint_dir`` when training ends.
+    - Keeps the random numbers training draws (windows, mesh samples, dropout) on course across a resume: every
+      checkpoint holds each rank's global RNG states, and the resumed run puts them back right before its first
+      training step (after the module's fit-start reseeding, :mod:`avp.lit.ranks`, which would otherwise replay the
+      run's first draws). Validation inside a fit leaves the training stream as it found it, so whether a resumed
+      run repeats or skips a validation changes nothing. Together with the DataModule's stream position, a resumed
+      run's losses are those of the uninterrupted run, step for step (``docs/resume.md``).
     - Under SLURM (``requeue``): ``requeue_signal`` (send it with ``sbatch --signal=USR1@SECONDS``) only sets a flag;
       at the next batch boundary all ranks agree, save ``last-requeue.ckpt``, commit it once that batch is logged,
       then rank 0 runs ``scontrol requeue`` and every rank exits. The requeued job resumes from that checkpoint. This
@@ -134,6 +144,10 @@ class FaultTolerance(Callback):
         self._previous_handler: Any = None
         self._purge_pending = False
         self._status: dict[str, Any] = {}
+        self._rng_to_restore: dict[str, Any] | None = None
+        """This rank's RNG states from the checkpoint being resumed, put back before the first training step."""
+        self._rng_training: dict[str, Any] | None = None
+        """During a validation inside a fit: the training stream's states, put back when it ends."""
 
     # ------------------------------------------------------------------ paths and status
     def status_path(self, trainer: pl.Trainer) -> Path:
@@ -233,6 +247,9 @@ class FaultTolerance(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # the first step of a resumed run draws what the next one would have
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
         # every metric of the previous step is logged by now: checkpoints saved since become visible
         self._commit(trainer)
         if self._purge_pending:
@@ -273,6 +290,49 @@ class FaultTolerance(Callback):
                                end_step=int(trainer.global_step))
         raise SystemExit(0)
 
+    # ------------------------------------------------------------------ random streams
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # (Lightning isolates the sanity check)
+            self._rng_training = rng_state()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._rng_training is not None:
+            set_rng_state(self._rng_training)
+            self._rng_training = None
+
+    def _training_rng(self) -> dict[str, Any]:
+        """The states the next training step of this rank starts from."""
+        for pending in (self._rng_to_restore, self._rng_training):
+            if pending is not None:
+                return pending
+        return rng_state()
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        mine = self._training_rng()
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank dumps the checkpoint (Lightning's save_checkpoint is collective); rank 0 writes all states
+            states: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, mine)
+        else:
+            states = [mine]
+        checkpoint[RNG_STATES_KEY] = states
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get(RNG_STATES_KEY)
+        if states is not None and len(states) == trainer.world_size:
+            self._rng_to_restore = states[trainer.global_rank]
+            return
+        # an older checkpoint, or another number of ranks: fresh draws for this step, not the run's first ones again
+        seed = rank_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), int(checkpoint.get("global_step", 0)))
+        seed_rank(trainer.global_rank, seed=seed)
+        self._rng_to_restore = rng_state()
+        log.warning("FaultTolerance: the checkpoint holds %s RNG states for %d rank(s); the random draws of the "
+                    "resumed run are reseeded from (seed, step, rank) and differ from the interrupted run's",
+                    "no" if states is None else len(states), trainer.world_size)
+
+    # ------------------------------------------------------------------ end
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._commit(trainer)
         if self._io is not None:

@@ -9,9 +9,12 @@ loader yields ``len(loader)`` batches per epoch on every rank.
 from __future__ import annotations
 
 import logging
+import math
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint
 from torch.utils.data import DataLoader
@@ -30,23 +33,36 @@ class EpochLoader(DataLoader):
     """A ``DataLoader`` over a :class:`ClipStream` that gives each pass its epoch (fresh shuffles each epoch, also
     with non-persistent workers) and feeds every batch through a :class:`CorruptionMonitor`.
 
-    ``epoch`` is the epoch of the next pass: the DataModule saves it in checkpoints and restores it, so a resumed run
-    continues with the orders the interrupted one had not used yet.
+    ``epoch`` is the epoch of the next pass and ``skip`` the batches of it to leave out (a run resumed mid-epoch):
+    the DataModule saves the position in checkpoints and restores it, so a resumed run continues with the batch
+    the interrupted one would have trained next. ``pass_epoch`` is the epoch of the pass last started (None before
+    the first).
+
+    Starting a pass draws nothing from the global torch RNG: the ``DataLoader`` draws its workers' base seed from
+    a generator of its own, seeded per pass from ``(seed, epoch)`` (PyTorch's default draws it from the global
+    RNG, so each epoch start, and the resumed run's extra one, would shift the random numbers training draws).
     """
 
     def __init__(self, dataset: ClipStream, *args: Any, monitor: CorruptionMonitor | None = None, epoch: int = 0,
-                 **kwargs: Any) -> None:
+                 skip: int = 0, **kwargs: Any) -> None:
+        kwargs.setdefault("generator", torch.Generator())
         super().__init__(dataset, *args, **kwargs)
         self.monitor = monitor
         self.epoch = epoch
+        self.skip = skip
+        self.pass_epoch: int | None = None
 
     def __iter__(self) -> Iterator[AvatarBatch]:  # type: ignore[override]
         stream = self.dataset
         assert isinstance(stream, ClipStream)
-        # in-process streams and fresh worker copies take the epoch from here; persistent workers got it with their
-        # copy of the stream at the first pass and count on from there, pass by pass, as this counter does
-        stream.epoch = self.epoch
-        self.epoch += 1
+        # in-process streams and fresh worker copies take the epoch (and the batches to skip) from here; persistent
+        # workers got them with their copy of the stream at the first pass and count on from there, pass by pass, as
+        # this counter does
+        stream.epoch, stream.skip = self.epoch, self.skip
+        self.pass_epoch = self.epoch
+        self.epoch, self.skip = self.epoch + 1, 0
+        if self.generator is not None:
+            self.generator.manual_seed(zlib.crc32(repr(("loader", stream.cfg.seed, self.pass_epoch)).encode()))
         if self.monitor is not None:
             self.monitor.start_pass()
         for out in super().__iter__():
@@ -86,10 +102,10 @@ class AvatarDataModule(LightningDataModule):
         pin_memory, persistent_workers: as in ``torch.utils.data.DataLoader``.
         seed: drives shard order, the shuffle buffer and the frame/view draws.
 
-    The training stream's position (the epoch of its next pass, which with ``seed`` fixes the order) is saved in
-    checkpoints (:meth:`state_dict`) and restored on resume: a resumed run continues the sequence of orders instead
-    of starting again at epoch 0's. Resuming mid-epoch draws the rest of that epoch from the next order (the
-    samples of the interrupted epoch's first part are not replayed first).
+    The training stream's position (the epoch of the pass, which with ``seed`` fixes the order, and the batches of
+    it already trained) is saved in checkpoints (:meth:`state_dict`) and restored on resume: a resumed run continues
+    at the batch the interrupted run would have trained next, also mid-epoch, instead of starting again at epoch
+    0's order.
     """
 
     def __init__(self, root: str, *, train_split: str = "train", val_split: str = "val", test_split: str = "test",
@@ -116,7 +132,8 @@ class AvatarDataModule(LightningDataModule):
         self._manifest: Manifest | None = None
         self._head_model: str | None = None
         self._train_loader: EpochLoader | None = None
-        self._train_epoch = 0  # the next training pass's epoch until a train loader exists (then: its counter)
+        # the next training pass's epoch and the batches of it to skip until a train loader exists (then: its own)
+        self._train_epoch, self._train_skip = 0, 0
 
     # ------------------------------------------------------------------------------------------------ shards
     def shards(self, which: str) -> list[ShardRef]:
@@ -177,23 +194,50 @@ class AvatarDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ stream position
     def state_dict(self) -> dict[str, Any]:
-        """The training stream's position, saved in checkpoints: the epoch of its next pass (and the seed that,
-        with it, fixes the order)."""
-        epoch = self._train_loader.epoch if self._train_loader is not None else self._train_epoch
-        return {"train_epoch": int(epoch), "seed": int(self.config.seed)}
+        """The training stream's position, saved in checkpoints: the epoch of the pass to continue and how many of
+        its batches were trained (0: the pass starts afresh), and the seed that, with the epoch, fixes the order."""
+        epoch, batches = self._train_position()
+        return {"train_epoch": int(epoch), "train_batches": int(batches), "seed": int(self.config.seed)}
+
+    def _train_position(self) -> tuple[int, int]:
+        loader = self._train_loader
+        if loader is None:
+            return self._train_epoch, self._train_skip
+        done = self._batches_trained()
+        trainer = self._trainer_or_none()
+        total = trainer.num_training_batches if trainer is not None else math.inf
+        if loader.pass_epoch is not None and done is not None and 0 < done < total:
+            # mid-epoch: the batches of the pass in progress that the fit loop counts as done (the checkpoint of a
+            # step holds that step's update; a resumed fit loop continues after them and so does the stream)
+            return loader.pass_epoch, done
+        return loader.epoch, loader.skip
+
+    def _trainer_or_none(self) -> Trainer | None:
+        return getattr(self, "trainer", None)
+
+    def _batches_trained(self) -> int | None:
+        """Batches of the current epoch the fit loop has trained (what it continues after on resume), or None."""
+        trainer = self._trainer_or_none()
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        progress = getattr(loop, "batch_progress", None)
+        return int(progress.current.processed) if progress is not None else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the training stream where the checkpoint's run left it."""
         epoch = int(state_dict.get("train_epoch", 0))
+        batches = int(state_dict.get("train_batches", 0))
         if epoch < 0:
             raise ValueError(f"AvatarDataModule state: train_epoch must be >= 0, got {epoch}")
+        if batches < 0:
+            raise ValueError(f"AvatarDataModule state: train_batches must be >= 0, got {batches}")
         saved_seed = state_dict.get("seed")
         if saved_seed is not None and int(saved_seed) != self.config.seed:
             log.warning("resuming with data seed %d, the checkpoint's run used %d: the sample order differs from "
                         "the interrupted run's", self.config.seed, int(saved_seed))
-        self._train_epoch = epoch
+        self._train_epoch, self._train_skip = epoch, batches
         if self._train_loader is not None:
-            self._train_loader.epoch = epoch
+            self._train_loader.epoch, self._train_loader.skip = epoch, batches
+            self._train_loader.pass_epoch = None
 
     # ------------------------------------------------------------------------------------------- dataloaders
     def stream(self, which: str) -> ClipStream:
@@ -208,7 +252,7 @@ class AvatarDataModule(LightningDataModule):
                           num_workers=self.num_workers, samples_per_epoch=self.samples_per_epoch if train else None,
                           rank=rank, world_size=world)
 
-    def _loader(self, which: str, epoch: int = 0) -> EpochLoader:
+    def _loader(self, which: str, epoch: int = 0, skip: int = 0) -> EpochLoader:
         stream = self.stream(which)
         epoch_samples = stream.samples_per_epoch if stream.train else stream.total
         # an evaluation pass without a single sample would end quietly and switch validation (and every checkpoint
@@ -216,12 +260,13 @@ class AvatarDataModule(LightningDataModule):
         monitor = CorruptionMonitor(self.max_corrupt_fraction, epoch_samples, split=self.splits[which],
                                     require_samples=not stream.train)
         return EpochLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                           persistent_workers=self.persistent_workers, monitor=monitor, epoch=epoch)
+                           persistent_workers=self.persistent_workers, monitor=monitor, epoch=epoch, skip=skip)
 
     def train_dataloader(self) -> EpochLoader:
         # a reloaded loader (reload_dataloaders_every_n_epochs) continues the previous one's epochs
-        epoch = self._train_loader.epoch if self._train_loader is not None else self._train_epoch
-        self._train_loader = self._loader("train", epoch=epoch)
+        loader = self._train_loader
+        epoch, skip = (loader.epoch, loader.skip) if loader is not None else (self._train_epoch, self._train_skip)
+        self._train_loader = self._loader("train", epoch=epoch, skip=skip)
         return self._train_loader
 
     def val_dataloader(self) -> EpochLoader | list:

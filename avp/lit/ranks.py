@@ -7,6 +7,11 @@ module reseeds the global RNGs (torch on every device, numpy, ``random``) from `
 (:func:`seed_rank`): different per rank, deterministic per ``(seed, rank)``. What must agree across ranks keeps
 its own explicit seeds (template points, validation sampling, the point bank, the data stream's shard order).
 
+Resuming. The reseeding happens at every fit start, a resumed one included, where it would replay the random numbers
+of the run's first steps. :class:`avp.lit.callbacks.FaultTolerance` (every ``avp fit`` has one) therefore saves each
+rank's generator states (:func:`rng_state`) in checkpoints and puts them back (:func:`set_rng_state`) before the
+first training step of the resumed run: the draws continue exactly where the checkpoint's run left them.
+
 Batches. Lightning moves an object with a ``.to`` method by calling ``batch.to(device)``, without ``non_blocking``,
 so a batch in pinned memory (``data.pin_memory: true``) is copied synchronously. :func:`transfer_batch` passes
 ``non_blocking=True`` for accelerator targets (never for the CPU or MPS, as Lightning's own rule for tensors).
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-__all__ = ["rank_seed", "seed_rank", "transfer_batch"]
+__all__ = ["rank_seed", "rng_state", "seed_rank", "set_rng_state", "transfer_batch"]
 
 _BLOCKING = ("cpu", "mps")
 
@@ -46,6 +51,34 @@ def seed_rank(rank: int, seed: int | None = None) -> int:
     np.random.seed(derived % 2**32)  # noqa: NPY002 (the legacy global stream is what seed_everything seeds)
     torch.manual_seed(derived)
     return derived
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators' states of this process: torch (CPU, and every CUDA device when CUDA is initialised),
+    numpy's legacy global stream and ``random``, as tensors and plain Python values (a checkpoint holding them
+    loads with ``torch.load(weights_only=True)``); :func:`set_rng_state` puts them back."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (what seed_everything seeds)
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": [int(version), list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where this process has as many devices)."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    cuda = state.get("torch.cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def transfer_batch(batch: Any, device: torch.device) -> Any:

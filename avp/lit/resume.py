@@ -10,8 +10,10 @@ folder, so TensorBoard shows the same steps twice. Here, before anything is buil
 - an explicit ``…/<name>/version_K/checkpoints/X.ckpt`` of that logger: the logger continues in ``version_K``;
 - the checkpoint must read: a truncated or foreign file is refused with its path before any work starts.
 
-:class:`~avp.lit.callbacks.FaultTolerance` (installed by ``avp fit``) then makes checkpoint writes atomic and purges
-the TensorBoard events the killed process wrote after its checkpoint, so each step is logged once.
+:class:`~avp.lit.callbacks.FaultTolerance` (installed by ``avp fit``) then makes checkpoint writes atomic, purges
+the TensorBoard events the killed process wrote after its checkpoint, so each step is logged once, and puts back the
+checkpoint's RNG states; with the DataModule's stream position (epoch and batches trained) the resumed run's losses
+are the uninterrupted run's. ``docs/resume.md`` describes it and the kill -9 trials that check it.
 """
 
 from __future__ import annotations
