@@ -5,6 +5,7 @@ is refused with its path."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,16 @@ def test_ckpt_path_last_continues_the_same_run_with_each_step_logged_once(tmp_pa
     assert _steps(run) == list(range(6))
     # as if the process died after step 6 was logged but with only step 4's checkpoint on disk
     shutil.copyfile(run / "checkpoints" / "step4.ckpt", run / "checkpoints" / "last.ckpt")
+    # event files are named by their creation second and then a per-process counter (.9, .10): files of two fits in
+    # the same second would be read out of order, the older run's purge marker wiping the newer run's steps
+    time.sleep(1.1)
     cli = run_cli(["fit", "--config", str(_config(tmp_path, 9)), "--ckpt_path", "last"], cwd=tmp_path)
     assert cli.trainer.global_step == 9
     assert sorted(p.name for p in (tmp_path / "runs" / "toy").iterdir()) == ["version_0"]  # no version_1
     assert _steps(run) == list(range(9))  # steps 4 and 5 of the first process purged, each step once
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
     # an explicit checkpoint of the run resumes into its folder too
+    time.sleep(1.1)
     cli = run_cli(["fit", "--config", str(_config(tmp_path, 11)), "--ckpt_path",
                    str(run / "checkpoints" / "last.ckpt")], cwd=tmp_path)
     assert cli.trainer.global_step == 11 and _steps(run) == list(range(11))
