@@ -3,6 +3,7 @@ force, KV-cache vs recompute parity with sliding windows, seeds, limits and bad 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -405,3 +406,48 @@ def test_the_cuda_graph_step_samples_the_eager_tokens() -> None:
             graphs = sample(model, cond, tok, SamplingConfig(**{**vars(config), "compile": True}),
                             torch.Generator("cuda").manual_seed(11))
             assert torch.equal(eager.tokens, graphs.tokens), kw
+
+
+def test_slot_probs_keep_eos_at_its_own_temperature_and_sharpen_the_rest() -> None:
+    from avp.models.sampling import slot_probs
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, float("-inf"), 0.5]])  # token 4 plays EOS, token 3 is disallowed
+    plain = SamplingConfig(temperature=0.5)
+    assert torch.allclose(slot_probs(logits, plain, role=0, eos_id=4), (logits / 0.5).softmax(-1))
+    split = SamplingConfig(temperature=0.5, eos_temperature=1.0)
+    probs = slot_probs(logits, split, role=0, eos_id=4)
+    p_eos = logits.softmax(-1)[0, 4]
+    assert torch.isclose(probs[0, 4], p_eos)
+    rest = (logits[:, :4] / 0.5).softmax(-1)[0] * (1 - p_eos)
+    assert torch.allclose(probs[0, :4], rest) and probs[0, 3] == 0
+    assert torch.isclose(probs.sum(), torch.tensor(1.0))
+    # a row where only EOS is allowed stops for sure
+    only_eos = torch.tensor([[float("-inf")] * 4 + [0.0]])
+    assert slot_probs(only_eos, split, role=0, eos_id=4).tolist() == [[0.0, 0.0, 0.0, 0.0, 1.0]]
+    # role temperatures replace the global one at their slot
+    roles = SamplingConfig(temperature=1.0, role_temperature=(1.0, 0.25, 1.0, 2.0))
+    assert torch.allclose(slot_probs(logits, roles, role=1), (logits / 0.25).softmax(-1))
+    assert torch.allclose(slot_probs(logits, roles, role=3), (logits / 2.0).softmax(-1))
+
+
+def test_role_and_eos_temperatures_at_one_sample_what_plain_sampling_samples() -> None:
+    g = torch.Generator().manual_seed(0)
+    model, tok = tiny_model()
+    cond = torch.randn(3, 5, 32, generator=g)
+    base = SamplingConfig(temperature=1.0, max_points=12, window=64)
+    ref = sample(model, cond, tok, base, torch.Generator().manual_seed(3))
+    same = SamplingConfig(temperature=0.3, role_temperature=(1.0, 1.0, 1.0, 1.0), eos_temperature=1.0,
+                          max_points=12, window=64)
+    out = sample(model, cond, tok, same, torch.Generator().manual_seed(3))
+    assert torch.equal(out.tokens, ref.tokens)
+    sharper = dataclasses.replace(same, role_temperature=(0.2, 1.0, 1.0, 1.0))
+    assert not torch.equal(sample(model, cond, tok, sharper, torch.Generator().manual_seed(3)).tokens, ref.tokens)
+
+
+def test_bad_temperatures_are_refused() -> None:
+    model, tok = tiny_model()
+    cond = torch.randn(1, 5, 32)
+    for kw in ({"role_temperature": (1.0, 1.0, 1.0)}, {"role_temperature": (1.0, 0.0, 1.0, 1.0)},
+               {"eos_temperature": 0.0}):
+        with pytest.raises(ValueError, match="temperature"):
+            sample(model, cond, tok, SamplingConfig(**kw))

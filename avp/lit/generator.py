@@ -33,6 +33,7 @@ from avp.metrics.point_cloud import PointCloudMetrics, batch_point_cloud_metrics
 from avp.models.conditional import ConditionalPointGenerator
 from avp.models.encoders import ConditionConfig
 from avp.models.generator import GeneratorConfig, role_cross_entropy, role_logits, training_windows
+from avp.models.geometry_probe import GeometryProbe, GeometryProbeConfig
 from avp.models.sampling import SamplingConfig, context_windows
 from avp.models.tokenizer import ROLE_NAMES, PointTokenizer, TokenizerConfig
 from avp.types import AvatarBatch, as_config
@@ -58,6 +59,8 @@ class GeneratorModule(LightningModule):
         val_sample_every_n_epochs: sample validation clouds every this many epochs (0: never).
         val_sample_subjects: validation subjects sampled per such epoch (per rank).
         fscore_tau: F-score distance threshold in metres.
+        geometry_probe: an auxiliary occupancy loss on the condition tokens (:mod:`avp.models.geometry_probe`;
+            ``weight: 0``, off, is the paper's training).
         seed: seed of the validation sampling.
         head_model_name: the head model a checkpoint was trained with (filled in automatically; a mismatch with
             the head model built from ``head`` is an error).
@@ -79,6 +82,7 @@ class GeneratorModule(LightningModule):
         val_sample_every_n_epochs: int = 1,
         val_sample_subjects: int = 4,
         fscore_tau: float = 0.005,
+        geometry_probe: GeometryProbeConfig = GeometryProbeConfig(),  # noqa: B008
         seed: int = 0,
         head_model_name: str | None = None,
     ):
@@ -88,6 +92,8 @@ class GeneratorModule(LightningModule):
         cond_cfg = as_config(ConditionConfig, condition)
         model_cfg = as_config(GeneratorConfig, model)
         sampling_cfg = as_config(SamplingConfig, val_sampling)
+        probe_cfg = as_config(GeometryProbeConfig, geometry_probe)
+        probe_cfg.validate()
         if train_window < 8:
             raise ValueError(f"GeneratorModule: train_window must be at least 8 tokens, got {train_window}")
         head_model = load_head_model(head_cfg)
@@ -96,6 +102,9 @@ class GeneratorModule(LightningModule):
                              f"the head config builds {head_model.name!r}; pass the same head config (model.head)")
         self.save_hyperparameters()  # every __init__ argument, as given (normalised below)
         self.net = ConditionalPointGenerator(head_model, tok_cfg, cond_cfg, model_cfg)
+        # beside the network, not in it: loaders of the generator (avp.checkpoints) read only ``net.`` weights
+        self.probe = GeometryProbe(model_cfg.width, probe_cfg) if probe_cfg.weight > 0 else None
+        self.probe_weight = probe_cfg.weight
         self.train_window = int(train_window)
         self.val_sampling = dataclasses.replace(sampling_cfg, window=self.train_window)
         self.val_sampling.validate()
@@ -103,7 +112,7 @@ class GeneratorModule(LightningModule):
         # filled in; ``_class_path`` lets LightningCLI rebuild the module from ``--ckpt_path`` alone
         # (load_from_checkpoint drops it)
         configs = {"head": head_cfg, "tokenizer": tok_cfg, "condition": cond_cfg, "model": model_cfg,
-                   "val_sampling": sampling_cfg}
+                   "val_sampling": sampling_cfg, "geometry_probe": probe_cfg}
         self.save_hyperparameters({
             **{name: dataclasses.asdict(config) for name, config in configs.items()},
             "train_window": self.train_window, "betas": tuple(betas), "head_model_name": head_model.name,
@@ -161,10 +170,17 @@ class GeneratorModule(LightningModule):
             loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=tok.pad_id)
         B = tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        if self.probe is not None:
+            geometry = self._geometry_loss(batch, condition)
+            self.log("train/geometry_loss", geometry, batch_size=B)
+            loss = loss + self.probe_weight * geometry
         self.log("train/tokens", (targets != self.tokenizer.pad_id).sum().float(), batch_size=B)
         clamped = self.tokenizer.count_out_of_box(batch.teacher.means, batch.teacher.valid_mask()).sum()
         self.log("train/out_of_box_points", clamped.float(), batch_size=B, reduce_fx="sum")
         return loss
+
+    def _geometry_loss(self, batch: AvatarBatch, condition: Tensor) -> Tensor:
+        return self.probe.loss(condition, batch.teacher.means, batch.teacher.valid_mask(), self.tokenizer.bounds)
 
     def validation_step(self, batch: AvatarBatch, batch_idx: int) -> None:
         self._evaluation_step("val", batch, batch_idx)
@@ -209,6 +225,8 @@ class GeneratorModule(LightningModule):
             counts[4] += sel.sum()
         n_tokens = int(counts.sum())
         B = tokens.shape[0]
+        if self.probe is not None:
+            self.log(f"{stage}/geometry_loss", self._geometry_loss(batch, condition), batch_size=B, sync_dist=True)
         self.log(f"{stage}/loss", loss_sum / max(n_tokens, 1), batch_size=max(n_tokens, 1), sync_dist=True)
         for r, name in enumerate((*ROLE_NAMES, "eos")):  # every non-empty cloud has all five kinds of target
             self.log(f"{stage}/acc_{name}", hits[r] / counts[r].clamp(min=1), batch_size=max(int(counts[r]), 1),

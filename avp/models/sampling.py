@@ -65,6 +65,17 @@ class SamplingConfig:
     """Keep only the k most likely allowed tokens (0: all)."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1: all)."""
+    role_temperature: tuple[float, float, float, float] | None = None
+    """Temperatures of the x, y, z and face slots (None: ``temperature`` at every slot; an extension of ours). Points
+    are sorted by the tokenizer's order (y first by default), so the primary axis sets how fast a cloud sweeps the
+    head: sharpening it shortens every step and lengthens the cloud, sharpening the other axes and the face does not.
+    Overrides ``temperature`` where given (``temperature`` 0, greedy, still overrides everything)."""
+    eos_temperature: float | None = None
+    """Temperature of the stop decision alone (None: ``temperature``; an extension of ours). At an x slot the model
+    chooses between EOS and the next point's x; a temperature below 1 sharpens the coordinates but also starves EOS
+    (rarely the most likely token), so clouds grow longer than the data's. With ``eos_temperature`` the slot stops
+    with EOS's probability at that temperature and otherwise draws x from the coordinates at ``temperature`` (top-k /
+    top-p apply to them): sharper points at the data's point count. Ignored when ``temperature`` is 0 (greedy)."""
     max_points: int = 10000
     """Stop after this many points (the cloud is then returned without EOS, ``finished = False``)."""
     min_points: int = 1
@@ -96,6 +107,12 @@ class SamplingConfig:
             raise ValueError(f"sampling: temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"sampling: need top_k >= 0 and 0 < top_p <= 1, got {self.top_k}, {self.top_p}")
+        if self.role_temperature is not None and (len(self.role_temperature) != 4
+                                                   or not all(t > 0 for t in self.role_temperature)):
+            raise ValueError(f"sampling: role_temperature must be 4 temperatures > 0 (x, y, z, face) or null, got "
+                             f"{self.role_temperature}")
+        if self.eos_temperature is not None and not self.eos_temperature > 0:
+            raise ValueError(f"sampling: eos_temperature must be > 0 or null, got {self.eos_temperature}")
         if self.max_points < 1 or not 0 <= self.min_points <= self.max_points:
             raise ValueError(f"sampling: need max_points >= 1 and 0 <= min_points <= max_points, got "
                              f"{self.max_points}, {self.min_points}")
@@ -227,6 +244,27 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 
 
 @torch.no_grad()
+def slot_probs(logits: Tensor, config: SamplingConfig, role: int, eos_id: int | None = None) -> Tensor:
+    """Probabilities ``[B, V]`` of the next token from ``logits [B, V]`` (disallowed already -inf) at a sampled slot
+    of ``role`` (0..3: x, y, z, face), at the slot's temperature (``role_temperature`` or ``temperature``).
+
+    With ``eos_id`` (an x slot) and ``config.eos_temperature`` set: EOS keeps its probability at ``eos_temperature``
+    and the rest of the mass goes to the other allowed tokens at the slot's temperature after top-k / top-p;
+    otherwise the whole row at the slot's temperature after top-k / top-p.
+    """
+    temperature = config.temperature if config.role_temperature is None else config.role_temperature[role]
+    if eos_id is None or config.eos_temperature is None:
+        return filter_logits(logits / temperature, config.top_k, config.top_p).softmax(-1)
+    p_eos = (logits / config.eos_temperature).softmax(-1)[:, eos_id]  # [B]
+    rest = logits.clone()
+    rest[:, eos_id] = float("-inf")
+    # a row where only EOS is allowed has no other token (NaN softmax) and p_eos = 1
+    q = filter_logits(rest / temperature, config.top_k, config.top_p).softmax(-1).nan_to_num(0.0)
+    probs = q * (1 - p_eos)[:, None]
+    probs[:, eos_id] = p_eos
+    return probs
+
+
 def _restrict_to_nearest_faces(allowed: Tensor, point: Tensor, face_centers: Tensor, k: int, offset: int) -> Tensor:
     """``allowed [B, V]`` narrowed at the face tokens (``offset + face``) to the ``k`` faces nearest to ``point
     [B, 3]``; a row whose order constraint leaves none of them allowed keeps its unrestricted set."""
@@ -422,8 +460,8 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
             if config.temperature == 0:
                 nxt = logits.argmax(-1)
             else:
-                logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
-                nxt = draw_tokens(logits.softmax(-1), generator)
+                probs = slot_probs(logits, config, role, tokenizer.eos_id if role == 0 else None)
+                nxt = draw_tokens(probs, generator)
             nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_id), nxt)
             tokens[:, pos + 1] = nxt
             # ---- bookkeeping
