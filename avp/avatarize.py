@@ -34,25 +34,33 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
 
 __all__ = ["main", "parser"]
 
 
-def parser() -> argparse.ArgumentParser:
-    from avp.driving import MOTIONS
+def parser() -> ArgumentParser:
+    from jsonargparse import DefaultHelpFormatter
 
-    p = argparse.ArgumentParser(prog="avp avatarize", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", required=True, help="the portrait photo (jpg/png/...)")
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--decoder", required=True, help="DecoderModule checkpoint (avp fit of the decoder stage)")
-    p.add_argument("--generator", default=None,
+    from avp.driving import MOTIONS
+    from avp.tool_parser import tool_parser
+
+    class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """jsonargparse's help (types, defaults) with the description kept as written."""
+
+    p = tool_parser("avp avatarize", __doc__.split("\n\n")[0], formatter_class=Formatter)
+    p.add_argument("--image", type=str, required=True, help="the portrait photo (jpg/png/...)")
+    p.add_argument("--out", type=str, required=True, help="output folder (created)")
+    p.add_argument("--decoder", type=str, required=True, help="DecoderModule checkpoint (avp fit of the decoder stage)")
+    p.add_argument("--generator", type=str, default=None,
                    help="GeneratorModule checkpoint the decoder was trained on (checked against the decoder's copy)")
-    p.add_argument("--drive", default="talk",
+    p.add_argument("--drive", type=str, default="talk",
                    help=f"a built-in motion ({', '.join(MOTIONS)}), a video file, an npz of head parameters (avp or "
                         "GaussianAvatars/VHAP flame_param) or a folder of VHAP flame_param/<t>.npz (default: talk)")
-    p.add_argument("--drive-expression", choices=("auto", "drop"), default="auto",
+    p.add_argument("--drive-expression", type=Literal["auto", "drop"], default="auto",
                    help="expression coefficients of a parameter file: auto (use them when they fit the head model) "
                         "or drop (poses only)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -65,17 +73,17 @@ def parser() -> argparse.ArgumentParser:
                    help="frames of a built-in motion; for a driving video, the most frames read (0: all)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of built-in motions and the orbit video")
     p.add_argument("--orbit-frames", type=int, default=60, help="frames of the orbit video")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--choose-largest", action="store_true",
                    help="with several faces in the photo, use the largest (default: refuse)")
-    p.add_argument("--background", choices=("keep", "grabcut"), default="keep",
+    p.add_argument("--background", type=Literal["keep", "grabcut"], default="keep",
                    help="keep the photo's background or replace it by white (GrabCut segmentation)")
-    p.add_argument("--landmark-embedding", default=None,
+    p.add_argument("--landmark-embedding", type=str, default=None,
                    help="mediapipe landmark embedding npz (lmk_face_idx, lmk_b_coords, landmark_indices); needed "
                         "for FLAME")
-    p.add_argument("--flame", default=None, help="FLAME pickle replacing the path stored in the checkpoints")
+    p.add_argument("--flame", type=str, default=None, help="FLAME pickle replacing the path stored in the checkpoints")
     p.add_argument("--fit-steps", type=int, default=300, help="Adam steps of the portrait head fit")
-    p.add_argument("--portrait-head", default=None,
+    p.add_argument("--portrait-head", type=str, default=None,
                    help="npz with the portrait's head parameters (our layout, e.g. a synthetic shard's or another "
                         "tracker's): skips face detection and the landmark fit; the photo must be framed like the "
                         "training portraits")
@@ -117,7 +125,7 @@ def _render_video(avatar: Any, path: Path, head: Any, cameras: Any, fps: float, 
     return path
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Namespace) -> dict[str, Any]:
     """Do the work of ``avp avatarize``; returns the report (also written to ``fit_report.json``)."""
     import torch
 

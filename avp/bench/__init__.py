@@ -1,13 +1,13 @@
 """``avp bench NAME``: benchmarks that print one JSON object (and optionally write it to ``--out``).
 
-Every module in this package that defines ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> dict`` is a
-benchmark named after the module. Figures are ratios measured in the same run where possible, so they survive a
-change of machine; absolute times are reported beside them with the environment they were measured on.
+Every module in this package that defines ``DESCRIPTION``, ``add_arguments(parser)`` (a jsonargparse parser, so
+every option may also come from ``--config FILE``) and ``run(args) -> dict`` is a benchmark named after the module.
+Figures are ratios measured in the same run where possible, so they survive a change of machine; absolute times are
+reported beside them with the environment they were measured on.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import pkgutil
@@ -15,9 +15,13 @@ import sys
 import time
 from collections.abc import Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from avp.atomic import atomic_write_json
 from avp.provenance import environment
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 
 def available() -> dict[str, ModuleType]:
@@ -31,11 +35,23 @@ def available() -> dict[str, ModuleType]:
     return benches
 
 
+def build_parser(name: str, module: ModuleType) -> ArgumentParser:
+    """The parser of ``avp bench NAME``: the options every benchmark takes, then the module's own."""
+    from avp.tool_parser import tool_parser
+
+    parser = tool_parser(f"avp bench {name}", module.DESCRIPTION)
+    parser.add_argument("--out", type=str, default=None, help="also write the JSON result to this file")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, our CI machines)")
+    module.add_arguments(parser)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     benches = available()
     if not argv or argv[0] in ("-h", "--help", "--list"):
-        print("usage: avp bench NAME [--out FILE] [--threads N] [options]   (avp bench NAME --help)\n\nbenchmarks:")
+        print("usage: avp bench NAME [--out FILE] [--threads N] [--config FILE] [options]   (avp bench NAME --help)"
+              "\n\nbenchmarks:")
         for name, module in sorted(benches.items()):
             print(f"  {name:<10} {module.DESCRIPTION}")
         return 0 if argv else 2
@@ -44,11 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"avp bench: unknown benchmark {name!r}; available: {', '.join(sorted(benches))}", file=sys.stderr)
         return 2
     module = benches[name]
-    parser = argparse.ArgumentParser(prog=f"avp bench {name}", description=module.DESCRIPTION)
-    parser.add_argument("--out", default=None, help="also write the JSON result to this file")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, our CI machines)")
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    args = build_parser(name, module).parse_args(argv[1:])
 
     import torch
 

@@ -3,16 +3,18 @@ at demo settings, next to a decoder-like training step (render forward + backwar
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
 
 DESCRIPTION = "synthetic subjects/min and DataModule samples/s (0/1/2 workers) vs a render training step"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--subjects", type=int, default=8, help="subjects to synthesise (default 8)")
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--frames", type=int, default=2)
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synth-workers", type=int, default=0, help="processes for the all-core synth (0: all)")
 
 
-def _loader_rate(root: str, workers: int, args: argparse.Namespace, epochs: int = 3) -> dict[str, float]:
+def _loader_rate(root: str, workers: int, args: Namespace, epochs: int = 3) -> dict[str, float]:
     """Steady-state samples/s (best of ``epochs``; the first batch of each epoch, which includes worker start-up,
     is timed separately)."""
     from avp.lit.data import AvatarDataModule
@@ -47,7 +49,7 @@ def _loader_rate(root: str, workers: int, args: argparse.Namespace, epochs: int 
             "first_batch_s": round(min(firsts), 3), "samples_per_epoch": count + args.batch_size}
 
 
-def _render_step(root: str, args: argparse.Namespace) -> float:
+def _render_step(root: str, args: Namespace) -> float:
     """Seconds of a decoder-like step on a real batch: render teacher x views, L1 to the targets, backward."""
 
     from avp.bench._timing import measure
@@ -71,7 +73,7 @@ def _render_step(root: str, args: argparse.Namespace) -> float:
     return measure(step, warmup=1, repeat=3)["median_s"]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Namespace) -> dict[str, Any]:
     import torch
 
     from avp.data.synthetic import SynthConfig, synthesize

@@ -20,9 +20,8 @@ time to generate a 10k-point avatar with the base configuration.
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +32,17 @@ from avp.models.generator import GeneratorConfig, PointGenerator, training_windo
 from avp.models.sampling import SamplingConfig, sample
 from avp.models.tokenizer import PointTokenizer
 
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
+
 DESCRIPTION = "AR generator: KV-cache vs recompute sampling at 4k tokens, training tokens/s, 10k-point avatar on GPU"
 FLAME_TEETH_FACES = 10144
 BASE = GeneratorConfig(n_layers=24, width=1024, n_heads=16)
 BASE_CONDITION_TOKENS = 1 + 4 + 256 + 512  # DINOv2-L/14 + 4 registers at 224 px, 512 mesh points
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:i]")
+def add_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when present) | cpu | cuda[:i]")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens generated in the KV-vs-recompute run")
     parser.add_argument("--layers", type=int, default=4, help="bench model depth (CPU-sized default)")
     parser.add_argument("--width", type=int, default=256, help="bench model width")
@@ -51,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--avatar-points", type=int, default=10000, help="points of the GPU avatar run")
     parser.add_argument("--skip-avatar", action="store_true", help="skip the base-config avatar run on a GPU")
     parser.add_argument("--decode-tokens", type=int, default=1024, help="tokens per decode-step measurement")
-    parser.add_argument("--decode-batches", default="1,8", help="batch sizes of the decode-step measurements")
+    parser.add_argument("--decode-batches", type=str, default="1,8", help="batch sizes of the decode-step measurements")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled decode step")
 
 
@@ -100,7 +102,7 @@ def _step_bytes(model: PointGenerator, tok: PointTokenizer, batch: int, kv_slots
     return {"weights": trunk + head, "kv": kv}
 
 
-def _decode_speed(args: argparse.Namespace, tok: PointTokenizer, device: torch.device) -> dict[str, Any]:
+def _decode_speed(args: Namespace, tok: PointTokenizer, device: torch.device) -> dict[str, Any]:
     """Tokens/s of the sampler's eager, static and compiled decode steps, at each batch size and for both heads."""
     n_points = max(4, args.decode_tokens // 4)
     n_tokens = 4 * n_points + 1
@@ -150,7 +152,7 @@ def _decode_speed(args: argparse.Namespace, tok: PointTokenizer, device: torch.d
                     "and KV-cache reads (eager reads the valid half on average, static/compiled the whole window)"}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Namespace) -> dict[str, Any]:
     device = select_device(args.device)
     torch.manual_seed(0)
     tok = _tokenizer()

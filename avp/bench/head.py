@@ -12,20 +12,22 @@ speed-up over each baseline, and the log-log slope of time against N (1 = linear
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from avp.bench._timing import measure
 
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
+
 DESCRIPTION = "animate N bound Gaussians over a T-frame sequence (LBS / face frames) vs naive per-point animation"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-points", default="10000,50000,200000", help="comma-separated point counts")
+def add_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--n-points", type=str, default="10000,50000,200000", help="comma-separated point counts")
     parser.add_argument("--frames", type=int, default=100, help="sequence length T")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed runs per configuration after one warm-up; the best is reported")
@@ -99,7 +101,7 @@ def _mesh_per_point_baseline(model: Any, rig: Any, params: Any, n_points: int) -
     return (time.perf_counter() - start) / n_points
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Namespace) -> dict[str, Any]:
     from avp.head import load_head_model
 
     start = time.perf_counter()

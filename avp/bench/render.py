@@ -13,28 +13,31 @@ frame (batch of one) and batched; the animation is ``avp.head.animate_gaussians`
 
 from __future__ import annotations
 
-import argparse
 import math
 import resource
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from avp.bench._timing import measure
 from avp.device import select_device
 
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
+
 DESCRIPTION = "renderer speed: torch tiles vs dense reference (CPU fwd, fwd+bwd); gsplat animate+render FPS (GPU)"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, or a torch device")
-    parser.add_argument("--sizes", default="2000,10000,50000", help="splat counts (comma separated)")
-    parser.add_argument("--resolutions", default="256,512", help="square image sizes in pixels")
+def add_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--device", type=str, default="auto",
+                        help="auto (CUDA when present, else CPU), cpu, or a torch device")
+    parser.add_argument("--sizes", type=str, default="2000,10000,50000", help="splat counts (comma separated)")
+    parser.add_argument("--resolutions", type=str, default="256,512", help="square image sizes in pixels")
     parser.add_argument("--repeat", type=int, default=3, help="timed calls per torch-backend measurement")
-    parser.add_argument("--dense-fb", default="10000x256",
+    parser.add_argument("--dense-fb", type=str, default="10000x256",
                         help="NxRES cases where the dense reference's forward+backward is timed ('' for none)")
-    parser.add_argument("--dense-fwd", default="2000x256", help="NxRES cases where its forward is timed")
+    parser.add_argument("--dense-fwd", type=str, default="2000x256", help="NxRES cases where its forward is timed")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU section (GPU runs)")
     parser.add_argument("--gpu-splats", type=int, default=20000)
     parser.add_argument("--gpu-resolution", type=int, default=512)
@@ -81,7 +84,7 @@ def _leaves(cloud):
     return cloud
 
 
-def _cpu_section(args: argparse.Namespace) -> dict[str, Any]:
+def _cpu_section(args: Namespace) -> dict[str, Any]:
     from avp.render import orbit_cameras, render
     from avp.render.projection import covariance_3d, project_gaussians
 
@@ -219,7 +222,7 @@ def _animation(n: int, frames: int, device: torch.device, seed: int):
     return animate, f"avp.head.animate_gaussians on {model.name} (lbs)"
 
 
-def _gpu_section(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def _gpu_section(args: Namespace, device: torch.device) -> dict[str, Any]:
     from avp.render import orbit_cameras, render
 
     res, n, frames = args.gpu_resolution, args.gpu_splats, args.gpu_frames
@@ -259,7 +262,7 @@ def _gpu_section(args: argparse.Namespace, device: torch.device) -> dict[str, An
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Namespace) -> dict[str, Any]:
     device = select_device(args.device)
     result: dict[str, Any] = {"device": str(device)}
     if not args.no_cpu:

@@ -7,20 +7,22 @@ flight at a time (:mod:`avp.view.bench`). Target: at least 20 updates per second
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser, Namespace
 
 DESCRIPTION = "avp view: splat updates per second (animate + convert to viser's arrays + send) of a 10k-splat avatar"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--n-points", type=int, default=10_000, help="splats of the synthetic avatar")
     parser.add_argument("--frames", type=int, default=100, help="timed updates per animation mode")
     parser.add_argument("--no-send", action="store_true", help="time animate + convert only (no viser server)")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Namespace) -> dict[str, Any]:
     import dataclasses
 
     from avp.view.bench import measure_updates, synthetic_avatar

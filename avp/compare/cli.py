@@ -6,18 +6,21 @@ is the console verb (the whole description is :mod:`avp.compare`'s docstring).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avp.atomic import atomic_write_bytes, atomic_write_text
 from avp.compare.plots import _safe, plot_ablation, plot_curves
 from avp.compare.ranking import Ranking, pooled_differences, rankings
 from avp.compare.runs import CONFIG_FILE, RunLog, load_runs, variants_in_order
 from avp.compare.tables import _csv_text, csv_rows, markdown_table, run_rows, select_metrics, summarise
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 
 @dataclass
@@ -82,15 +85,18 @@ def compare(paths: Sequence[str | Path], out: str | Path | None = None, *, metri
     return CompareOutput(markdown, files, runs, chosen, notes)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avp compare", description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
-    p.add_argument("runs", nargs="+", help="run folders, sweep folders, or directories with TensorBoard event files")
-    p.add_argument("--out", help="output folder (default: <common parent of RUNS>/compare)")
-    p.add_argument("--metrics", nargs="+", metavar="GLOB",
+def build_parser() -> ArgumentParser:
+    from avp.tool_parser import tool_parser
+
+    p = tool_parser("avp compare", __doc__.split("\n\n")[0].split(": ", 1)[-1])
+    p.add_argument("runs", type=str, nargs="+",
+                   help="run folders, sweep folders, or directories with TensorBoard event files")
+    p.add_argument("--out", type=str, help="output folder (default: <common parent of RUNS>/compare)")
+    p.add_argument("--metrics", type=str, nargs="+", metavar="GLOB",
                    help="metrics to tabulate (default: every val/* and test/* metric, else every metric)")
-    p.add_argument("--higher-is-better", nargs="+", default=[], metavar="GLOB",
+    p.add_argument("--higher-is-better", type=str, nargs="+", default=[], metavar="GLOB",
                    help="metrics to maximise, overriding avp.metrics.goals (globs over the whole tag)")
-    p.add_argument("--lower-is-better", nargs="+", default=[], metavar="GLOB",
+    p.add_argument("--lower-is-better", type=str, nargs="+", default=[], metavar="GLOB",
                    help="metrics to minimise, overriding avp.metrics.goals")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     return p

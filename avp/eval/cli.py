@@ -10,36 +10,44 @@ baseline (``--template-decoder``) and the teacher fit (upper bound). See :mod:`a
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="avp eval",
-        description="Full-pipeline evaluation on a protocol: portrait -> sampled points -> decoder -> animation -> "
+def build_parser() -> ArgumentParser:
+    from avp.tool_parser import tool_parser
+
+    p = tool_parser(
+        "avp eval",
+        "Full-pipeline evaluation on a protocol: portrait -> sampled points -> decoder -> animation -> "
                     "renders -> metrics, with the template baseline and the teacher upper bound as reference rows.")
-    p.add_argument("--protocol", required=True, help="protocol YAML (configs/eval/self_reenactment.yaml, …)")
-    p.add_argument("--decoder", required=True, help="DecoderModule checkpoint of the full model (holds its generator)")
-    p.add_argument("--generator", default=None,
+    p.add_argument("--protocol", type=str, required=True,
+                   help="protocol YAML (configs/eval/self_reenactment.yaml, …)")
+    p.add_argument("--decoder", type=str, required=True,
+                   help="DecoderModule checkpoint of the full model (holds its generator)")
+    p.add_argument("--generator", type=str, default=None,
                    help="generator checkpoint; checked to be the decoder's frozen generator and recorded (optional)")
-    p.add_argument("--template-decoder", default=None,
+    p.add_argument("--template-decoder", type=str, default=None,
                    help="decoder checkpoint trained with points: template (the baseline row)")
-    p.add_argument("--points", nargs="+", choices=("generated", "teacher", "resampled", "none"), default=["generated"],
+    p.add_argument("--points", type=Literal["generated", "teacher", "resampled", "none"], nargs="+",
+                   default=["generated"],
                    help="full-model rows: generated (the method; default) and/or teacher (teacher points, which "
                         "separates generator from decoder error) and/or resampled (a new surface sampling of a "
                         "synthetic subject's teacher: what a perfect generator could give); none: only the "
                         "reference rows")
     p.add_argument("--no-teacher", action="store_true",
                    help="leave out the teacher-fit row (recorded as the override reference.teacher=false)")
-    p.add_argument("--data", default=None, help="dataset root (folder with shards.json); default: the protocol's "
-                                                "data.root")
-    p.add_argument("--out", default=None, help="run folder (default runs/eval/<protocol>-v<version>-<time>)")
+    p.add_argument("--data", type=str, default=None,
+                   help="dataset root (folder with shards.json); default: the protocol's data.root")
+    p.add_argument("--out", type=str, default=None, help="run folder (default runs/eval/<protocol>-v<version>-<time>)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples of the protocol")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1, …")
+    p.add_argument("--device", type=str, default="auto", help="auto (CUDA when present), cpu, cuda:1, …")
     p.add_argument("--batch-frames", type=int, default=4, help="frames rendered per call (memory only)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="change a protocol key for this run, recorded with the results (e.g. render.resolution=128); "
@@ -58,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         print("avp eval: --limit must be >= 1", file=sys.stderr)
         return 2
-    overrides = list(args.override) + (["reference.teacher=false"] if args.no_teacher else [])
+    # a config file may give a single override as a string rather than a list
+    given = [args.override] if isinstance(args.override, str) else list(args.override)
+    overrides = given + (["reference.teacher=false"] if args.no_teacher else [])
     try:
         protocol = load_protocol(args.protocol, overrides)
     except (ProtocolError, FileNotFoundError) as e:

@@ -6,27 +6,33 @@ still pending/running is left alone, and a run folder whose config no longer mat
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from avp.sweep.local import launch_local, run_command
 from avp.sweep.run import find_resume_checkpoint
 from avp.sweep.spec import PlannedRun, SpecError, expand, load_spec, read_status, resolve_run_config, write_run
 
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avp sweep", description=__doc__.split("\n\n")[0],
-                                epilog="spec format: experiments/README.md")
-    p.add_argument("spec", help="sweep spec YAML (base configs, deltas, seeds, overrides, launcher resources)")
-    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+
+def build_parser() -> ArgumentParser:
+    from avp.tool_parser import tool_parser
+
+    p = tool_parser("avp sweep", __doc__.split("\n\n")[0], epilog="spec format: experiments/README.md")
+    p.add_argument("spec", type=str,
+                   help="sweep spec YAML (base configs, deltas, seeds, overrides, launcher resources)")
+    p.add_argument("--launcher", type=Literal["local", "slurm"], default="local",
                    help="run here one after another, or submit one sbatch job per run (default: local)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs (configs are still parsed and validated); write and launch nothing")
-    p.add_argument("--only", nargs="+", metavar="PATTERN",
+    p.add_argument("--only", type=str, nargs="+", metavar="PATTERN",
                    help="only runs whose name (variant/seedK) or variant matches one of these globs")
-    p.add_argument("--workdir", help="resolve relative paths and run from here (default: the spec's workdir or .)")
+    p.add_argument("--workdir", type=str,
+                   help="resolve relative paths and run from here (default: the spec's workdir or .)")
     p.add_argument("--wait", action="store_true", help="slurm: wait until every submitted job has ended")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="slurm --wait: give up after this many seconds")
     p.add_argument("--stream", action="store_true", help="local: show each run's output instead of RUN_DIR/fit.log")

@@ -16,33 +16,49 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 __all__ = ["main", "parser"]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avp view", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("::")[1])
-    p.add_argument("avatar", nargs="?", default=None,
+def parser() -> ArgumentParser:
+    from jsonargparse import DefaultHelpFormatter
+
+    from avp.tool_parser import tool_parser
+
+    class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """jsonargparse's help (types, defaults) with the epilog's command lines kept as written."""
+
+    p = tool_parser("avp view", __doc__.split("\n\n")[0], formatter_class=Formatter,
+                    epilog=__doc__.split("::")[1])
+    # no default: an optional positional's default would replace the value a config file gives
+    p.add_argument("avatar", type=str, nargs="?", default=argparse.SUPPRESS,
                    help="avp avatarize output folder, avatar folder, or GaussianAvatars folder / point_cloud.ply")
-    p.add_argument("--decoder", default=None, help="avatarize --image with this DecoderModule checkpoint instead")
-    p.add_argument("--image", default=None, help="the photo to avatarize (with --decoder)")
-    p.add_argument("--generator", default=None, help="GeneratorModule checkpoint to check the decoder against")
+    p.add_argument("--decoder", type=str, default=None,
+                   help="avatarize --image with this DecoderModule checkpoint instead")
+    p.add_argument("--image", type=str, default=None, help="the photo to avatarize (with --decoder)")
+    p.add_argument("--generator", type=str, default=None,
+                   help="GeneratorModule checkpoint to check the decoder against")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (with --decoder)")
     p.add_argument("--max-points", type=int, default=None, help="most points to sample (with --decoder)")
-    p.add_argument("--portrait-head", default=None, help="npz of the photo's head parameters (skips the face fit)")
+    p.add_argument("--portrait-head", type=str, default=None,
+                   help="npz of the photo's head parameters (skips the face fit)")
     p.add_argument("--fit-steps", type=int, default=300, help="Adam steps of the portrait head fit")
-    p.add_argument("--landmark-embedding", default=None, help="mediapipe landmark embedding npz (FLAME)")
-    p.add_argument("--flame", default=None, help="FLAME pickle (GaussianAvatars plys of FLAME topology, checkpoints)")
+    p.add_argument("--landmark-embedding", type=str, default=None, help="mediapipe landmark embedding npz (FLAME)")
+    p.add_argument("--flame", type=str, default=None,
+                   help="FLAME pickle (GaussianAvatars plys of FLAME topology, checkpoints)")
     p.add_argument("--drive", action="append", default=[],
                    help="a driving npz (avp, GaussianAvatars flame_param, VHAP folder) for the motion list; repeatable")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to listen on (default loopback; anything else exposes the viewer to the network)")
     p.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
-    p.add_argument("--out", default="view_renders", help="folder of the PNG renders (default ./view_renders)")
+    p.add_argument("--out", type=str, default="view_renders", help="folder of the PNG renders (default ./view_renders)")
     p.add_argument("--expressions", type=int, default=10, help="expression components with a slider")
     p.add_argument("--frames", type=int, default=75, help="frames of the built-in motions")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (where animation runs)")
+    p.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N (where animation runs)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads while serving (default 1: a frame's small tensors lose to thread contention "
                         "on a busy machine; see avp bench view)")
@@ -55,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from avp.view import ViewError, ViewerUnavailable, require_viser
 
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if (args.avatar is None) == (args.decoder is None):
+    avatar_path = args.get("avatar")
+    # a config file may give a single driving file as a string rather than a list
+    drives = [args.drive] if isinstance(args.drive, str) else args.drive
+    if (avatar_path is None) == (args.decoder is None):
         print("avp view: give an AVATAR folder, or --decoder CKPT --image PHOTO (not both)", file=sys.stderr)
         return 2
     if args.decoder is not None and args.image is None:
@@ -68,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from avp.view.source import avatarize_source, load_drive, load_source
 
         device = select_device(args.device)
-        if args.avatar is not None:
-            source = load_source(args.avatar, device=device, flame=args.flame)
+        if avatar_path is not None:
+            source = load_source(avatar_path, device=device, flame=args.flame)
         else:
             source = avatarize_source(args.decoder, args.image, generator=args.generator, seed=args.seed,
                                       device=str(device), portrait_head=args.portrait_head, fit_steps=args.fit_steps,
@@ -77,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       max_points=args.max_points)
         from pathlib import Path
 
-        for drive in args.drive:
+        for drive in drives:
             source.motions[Path(drive).name] = load_drive(drive, source.avatar, source.notes)
         if device.type == "cpu":
             import torch
