@@ -33,10 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from avp.atomic import atomic_write_json, atomic_write_text
-from avp.demo import Demo, DemoConfig, DemoData, DemoEval, DemoSheet, DemoStage, _deep_merge
+from avp.demo import Demo, DemoConfig, DemoData, DemoEval, DemoSheet, DemoStage, budget_layer, write_layers
 
 EvalPoints = Literal["generated", "teacher", "resampled", "template"]
 ROWS = ("full", "ar_position_only", "ar_feature_only", "template", "teacher_points", "resampled_teacher")
@@ -177,27 +175,23 @@ class Benchmark:
         return self.config.seeds.index(seed) % self.config.generator_seeds
 
     # ------------------------------------------------------------------------------------------------- steps
-    def _write_delta(self, name: str, stage: DemoStage, run_dir: Path, seed: int, extra: dict[str, Any]) -> Path:
-        delta = _deep_merge(_deep_merge(_deep_merge({
+    def _write_layers(self, name: str, stage: DemoStage, run_dir: Path, seed: int,
+                      extra: Sequence[tuple[str, dict[str, Any]]]) -> list[Path]:
+        run = {
             "seed_everything": seed,
             "data": {"init_args": {"root": str(self.demo.data_root), "seed": seed}},
             "trainer": {"enable_progress_bar": True,
                         "logger": {"init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name,
                                                  "version": 0}}},
-        }, stage.delta), extra), {
-            "trainer": {"max_steps": stage.max_steps},
-            "data": {"init_args": {"batch_size": stage.batch_size, "samples_per_epoch": stage.samples_per_epoch}},
-        })
-        path = self.out / "configs" / f"{name}.yaml"
-        header = f"# written by avp benchmark: {name} on top of {stage.configs}\n"
-        atomic_write_text(path, header + yaml.safe_dump(delta, sort_keys=False))
-        return path
+        }
+        return write_layers(self.out / "configs" / name, f"avp benchmark: {name} on top of {stage.configs}",
+                            [("run", run), ("delta", stage.delta), *extra, ("budget", budget_layer(stage))])
 
-    def _fit(self, title: str, stage: DemoStage, delta: Path, run_dir: Path) -> None:
+    def _fit(self, title: str, stage: DemoStage, layers: list[Path], run_dir: Path) -> None:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # an unfinished earlier run: start clean, version_0
         args = ["fit"]
-        for path in [*stage.configs, str(delta)]:
+        for path in [*stage.configs, *map(str, layers)]:
             args += ["--config", path]
         self.demo._run(title, args)
 
@@ -207,19 +201,20 @@ class Benchmark:
 
     def fit_generator(self, gseed: int) -> None:
         c = self.config
-        delta = self._write_delta(f"generator-seed{gseed}", c.generator, self.generator_run(gseed), gseed,
-                                  {"model": {"init_args": {"seed": gseed}},
-                                   "data": {"init_args": {"root": str(self.generator_data_root)}}})
-        self._fit(f"fit the generator (seed {gseed})", c.generator, delta, self.generator_run(gseed))
+        layers = self._write_layers(f"generator-seed{gseed}", c.generator, self.generator_run(gseed), gseed, [
+            ("generator", {"model": {"init_args": {"seed": gseed}},
+                           "data": {"init_args": {"root": str(self.generator_data_root)}}})])
+        self._fit(f"fit the generator (seed {gseed})", c.generator, layers, self.generator_run(gseed))
 
     def fit_decoder(self, row: str, seed: int) -> None:
         c = self.config
         # one bank for every row and seed: its key digests the generator and the sampling settings
-        extra = _deep_merge(c.rows[row].delta, {"model": {"init_args": {
+        generator = {"model": {"init_args": {
             "generator_ckpt": str(self.generator_ckpt(self.generator_for(seed))), "seed": seed,
-            "bank_dir": str(self.out / "point_bank")}}})
-        delta = self._write_delta(f"{row}-seed{seed}", c.decoder, self.decoder_run(row, seed), seed, extra)
-        self._fit(f"fit the decoder row {row} (seed {seed})", c.decoder, delta, self.decoder_run(row, seed))
+            "bank_dir": str(self.out / "point_bank")}}}
+        layers = self._write_layers(f"{row}-seed{seed}", c.decoder, self.decoder_run(row, seed), seed,
+                                    [("row", c.rows[row].delta), ("generator", generator)])
+        self._fit(f"fit the decoder row {row} (seed {seed})", c.decoder, layers, self.decoder_run(row, seed))
 
     def evaluate(self, row: str, seed: int) -> None:
         e = self.config.eval

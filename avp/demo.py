@@ -210,30 +210,30 @@ class Demo:
             "--test-fraction", str(d.test_fraction), "--seed", str(d.seed), "--cameras", d.cameras,
             "--hair-volume", str(d.hair_volume), "--overwrite"])
 
-    def stage_delta(self, stage: str) -> Path:
-        """The demo's delta for ``stage`` merged with where it writes (data root, logger, generator checkpoint)."""
+    def stage_configs(self, stage: str) -> list[Path]:
+        """The config layers ``stage`` fits with after its base configs: where it writes (data root, logger), the
+        demo's delta, the step budget and the generator checkpoint (decoder stages)."""
         spec: DemoStage = getattr(self.config, stage)
-        delta = _deep_merge(_deep_merge({
-            "data": {"init_args": {"root": str(self.data_root)}},
-            "trainer": {"enable_progress_bar": True,
-                        "logger": {"init_args": {"save_dir": str(self.out / "runs"), "name": stage, "version": 0}}},
-        }, spec.delta), {
-            "trainer": {"max_steps": spec.max_steps},
-            "data": {"init_args": {"batch_size": spec.batch_size, "samples_per_epoch": spec.samples_per_epoch}},
-        })
+        layers = [
+            ("run", {"data": {"init_args": {"root": str(self.data_root)}},
+                     "trainer": {"enable_progress_bar": True,
+                                 "logger": {"init_args": {"save_dir": str(self.out / "runs"), "name": stage,
+                                                          "version": 0}}}}),
+            ("delta", spec.delta),
+            ("budget", budget_layer(spec)),
+        ]
         if stage != "generator":
-            delta = _deep_merge(delta, {"model": {"init_args": {"generator_ckpt": str(self.checkpoint("generator"))}}})
-        path = self.out / "configs" / f"{stage}.yaml"
-        header = f"# written by avp demo: the {stage} stage's delta on top of {spec.configs}\n"
-        atomic_write_text(path, header + yaml.safe_dump(delta, sort_keys=False))
-        return path
+            ckpt = str(self.checkpoint("generator"))
+            layers.append(("generator", {"model": {"init_args": {"generator_ckpt": ckpt}}}))
+        return write_layers(self.out / "configs" / stage, f"avp demo: the {stage} stage on top of {spec.configs}",
+                            layers)
 
     def fit(self, stage: str, number: str) -> None:
         spec: DemoStage = getattr(self.config, stage)
         if self.run_dir(stage).exists():
             shutil.rmtree(self.run_dir(stage))  # an unfinished earlier run: start clean, version_0
         args = ["fit"]
-        for path in [*spec.configs, str(self.stage_delta(stage))]:
+        for path in [*spec.configs, *map(str, self.stage_configs(stage))]:
             args += ["--config", path]
         self._run(f"{number} fit the {stage}", args)
 
@@ -352,14 +352,28 @@ class Demo:
         return readme
 
 
-def _deep_merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in delta.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def budget_layer(stage: DemoStage) -> dict[str, Any]:
+    """A stage's step budget as a config layer."""
+    return {"trainer": {"max_steps": stage.max_steps},
+            "data": {"init_args": {"batch_size": stage.batch_size, "samples_per_epoch": stage.samples_per_epoch}}}
+
+
+def write_layers(folder: Path, title: str, layers: Sequence[tuple[str, dict[str, Any]]]) -> list[Path]:
+    """Each non-empty ``(name, config)`` layer as ``folder/<i>-<name>.yaml``, in order, the folder emptied first.
+
+    Passed as ``--config`` files after a stage's base configs, LightningCLI (jsonargparse) applies them in order,
+    later layers winning key by key: one merge mechanism, the one every ``avp fit`` uses.
+    """
+    if folder.exists():
+        shutil.rmtree(folder)
+    paths = []
+    for name, layer in layers:
+        if not layer:
+            continue
+        path = folder / f"{len(paths) + 1}-{name}.yaml"
+        atomic_write_text(path, f"# written by {title}: layer {name}\n" + yaml.safe_dump(layer, sort_keys=False))
+        paths.append(path)
+    return paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:

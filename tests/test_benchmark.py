@@ -101,11 +101,16 @@ def test_the_whole_benchmark_runs_in_miniature_and_resumes(tmp_path: Path, capsy
     assert all(label in table for label in ("Full", "AR position only", "Template", "resampled teacher"))
     assert (docs / "curves.png").stat().st_size > 0 and (docs / "contact_sheet.png").stat().st_size > 0
     # the rows' configs say what the rows are
-    position = yaml.safe_load((out / "configs" / "ar_position_only-seed1.yaml").read_text())
-    assert position["model"]["init_args"]["decoder"] == {"inputs": "position", "cross_attention": False}
+    # (the layers avp benchmark wrote, and the config LightningCLI ran with)
+    position = yaml.safe_load((out / "runs" / "ar_position_only" / "seed1" / "version_0" / "config.yaml").read_text())
+    assert yaml.safe_load((out / "configs" / "ar_position_only-seed1" / "3-row.yaml").read_text()) == {
+        "model": {"init_args": {"points": "generated_bank", "eval_points": "generated",
+                                "decoder": {"inputs": "position", "cross_attention": False}}}}
+    decoder = position["model"]["init_args"]["decoder"]
+    assert decoder["inputs"] == "position" and decoder["cross_attention"] is False
     assert position["seed_everything"] == 1 and position["model"]["init_args"]["seed"] == 1
     # the generator learns from its own dataset, the decoders from the evaluated one
-    generator = yaml.safe_load((out / "configs" / "generator-seed0.yaml").read_text())
+    generator = yaml.safe_load((out / "runs" / "generator" / "seed0" / "version_0" / "config.yaml").read_text())
     assert generator["data"]["init_args"]["root"] == str(out / "generator_data")
     assert position["data"]["init_args"]["root"] == str(out / "data")
     assert json.loads((out / "generator_data" / "shards.json").read_text())["created_by"]["config"]["seed"] == 7

@@ -93,8 +93,11 @@ def test_every_step_writes_what_it_should_and_a_rerun_redoes_nothing(
         manifest = json.loads((out / "data" / "shards.json").read_text())
         assert sum(s["samples"] for s in manifest["splits"].values()) == 12
         assert set(manifest["splits"]) == {"train", "val", "test"}
-        # 2-4. each stage trained for its max_steps with the demo's delta; the merged delta is on disk
-        written = yaml.safe_load((out / "configs" / "generator.yaml").read_text())
+        # 2-4. each stage trained for its max_steps with the demo's layers on top of its configs (written by avp
+        # demo; LightningCLI saves the config it ran with)
+        assert sorted(p.name for p in (out / "configs" / "generator").iterdir()) == [
+            "1-run.yaml", "2-delta.yaml", "3-budget.yaml"]
+        written = yaml.safe_load((out / "runs" / "generator" / "version_0" / "config.yaml").read_text())
         assert written["trainer"]["max_steps"] == 2 and written["model"]["init_args"]["model"]["width"] == 32
         assert written["data"]["init_args"]["root"] == str(out / "data")
         for stage in ("generator", "decoder", "template"):
