@@ -13,6 +13,7 @@ from avp.data.convert_gaussian_avatars import ConversionError, build_sample, con
 from avp.data.manifest import read_manifest
 from avp.data.synthetic.geometry import closest_on_triangles
 from avp.head import HeadConfig, load_head_model
+from tests.fixtures.face_frames import face_frames, quat_matrix
 from tests.fixtures.flame import write_flame_pickle
 from tests.fixtures.gaussian_avatars import (
     FlameSequence,
@@ -65,25 +66,10 @@ def fixture_dirs(tmp_path_factory, head):
 
 
 def _ga_reference(verts: np.ndarray, faces: np.ndarray, fit: dict) -> tuple[np.ndarray, ...]:
-    """GaussianAvatars' face-frame formulas, written out independently in numpy (float64)."""
-    v0, v1, v2 = (verts[faces[fit["binding"], k]] for k in range(3))
-    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-    a0 = unit(v1 - v0)
-    a1 = unit(np.cross(a0, v2 - v0))
-    a2 = -unit(np.cross(a1, a0))
-    R = np.stack([a0, a1, a2], -1)
-    s = (np.linalg.norm(v1 - v0, axis=-1) + np.abs((a2 * (v2 - v0)).sum(-1))) / 2
-    centre = (v0 + v1 + v2) / 3
+    """GaussianAvatars' teacher in the neutral head's frames (tests/fixtures/face_frames.py)."""
+    R, s, centre = face_frames(verts, faces, fit["binding"])
     means = np.einsum("nij,nj->ni", R, fit["xyz"]) * s[:, None] + centre
-    log_scales = fit["scale"] + np.log(s)[:, None]
-    return means, log_scales, R, s
-
-
-def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = (q / np.linalg.norm(q, axis=-1, keepdims=True)).T
-    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
+    return means, fit["scale"] + np.log(s)[:, None], R, s
 
 
 def test_teacher_points_land_on_their_faces_of_the_neutral_head(head, fixture_dirs, tmp_path) -> None:
@@ -106,8 +92,8 @@ def test_teacher_points_land_on_their_faces_of_the_neutral_head(head, fixture_di
     np.testing.assert_allclose(g.means, means, atol=1e-6)
     np.testing.assert_allclose(g.log_scales, log_scales, atol=1e-5)
     # rotation q(R_face) * q_local: as matrices R_face @ R_local
-    np.testing.assert_allclose(_quat_to_matrix(g.quats.astype(np.float64)),
-                               R_face @ _quat_to_matrix(fit["rot"]), atol=1e-5)
+    np.testing.assert_allclose(quat_matrix(g.quats.astype(np.float64)),
+                               R_face @ quat_matrix(fit["rot"]), atol=1e-5)
     # SH: f_dc are the DC coefficients, f_rest is channel-major
     np.testing.assert_allclose(g.sh[:, 0], fit["f_dc"], atol=1e-6)
     np.testing.assert_allclose(g.sh[:, 1:, 1], fit["f_rest"][:, 15:30], atol=1e-6)

@@ -25,6 +25,7 @@ from avp.export.ply import (
 )
 from avp.head import load_head_model
 from avp.types import GaussianCloud, HeadParams
+from tests.fixtures.face_frames import face_frames, quat_matrix
 from tests.fixtures.gaussian_avatars import write_point_cloud_ply
 
 # GaussianAvatars' GaussianModel.construct_list_of_attributes for SH degree 1, spelled out
@@ -158,26 +159,11 @@ def test_gaussian_avatars_local_round_trip(tmp_path, head):
 
 
 def _ga_world(verts: np.ndarray, faces: np.ndarray, splats: PlySplats) -> tuple[np.ndarray, ...]:
-    """GaussianAvatars' world-space splats on the mesh ``verts`` (its ``face_orien_mat``, ``face_scaling``,
-    ``face_center`` and ``get_xyz / get_scaling / get_rotation``), written out independently in numpy (float64):
+    """GaussianAvatars' world-space splats on the mesh ``verts`` (tests/fixtures/face_frames.py):
     ``(means, scales, rotation matrices)``."""
-    v0, v1, v2 = (verts[faces[splats.binding, k]].astype(np.float64) for k in range(3))
-    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-    a0 = unit(v1 - v0)
-    a1 = unit(np.cross(a0, v2 - v0))
-    a2 = -unit(np.cross(a1, a0))
-    R = np.stack([a0, a1, a2], -1)
-    s = (np.linalg.norm(v1 - v0, axis=-1) + np.abs((a2 * (v2 - v0)).sum(-1))) / 2
-    means = np.einsum("nij,nj->ni", R, splats.xyz) * s[:, None] + (v0 + v1 + v2) / 3
-    return means, np.exp(splats.scale) * s[:, None], R @ _quat_matrix(splats.rot)
-
-
-def _quat_matrix(q: np.ndarray) -> np.ndarray:
-    """``[N, 4]`` wxyz quaternions (any norm) -> ``[N, 3, 3]`` rotation matrices (float64)."""
-    w, x, y, z = (q / np.linalg.norm(q, axis=-1, keepdims=True)).astype(np.float64).T
-    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
+    R, s, centre = face_frames(verts, faces, splats.binding)
+    means = np.einsum("nij,nj->ni", R, splats.xyz) * s[:, None] + centre
+    return means, np.exp(splats.scale) * s[:, None], R @ quat_matrix(splats.rot)
 
 
 def test_a_tracked_subjects_export_carries_its_static_offset(tmp_path, head):
@@ -200,7 +186,7 @@ def test_a_tracked_subjects_export_carries_its_static_offset(tmp_path, head):
     means, scales, rotations = _ga_world(mesh, head.faces.numpy(), read)
     np.testing.assert_allclose(means, cloud.means[0].double().numpy(), atol=2e-6, rtol=0)
     np.testing.assert_allclose(scales, cloud.scales[0].double().numpy(), atol=1e-8, rtol=1e-5)
-    np.testing.assert_allclose(rotations, _quat_matrix(cloud.quats[0].double().numpy()), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(rotations, quat_matrix(cloud.quats[0].double().numpy()), atol=1e-5, rtol=0)
     # without the offset GaussianAvatars would put them ~3.7 cm away: the npz and the ply belong together
     bare, _, _ = _ga_world(mesh - arrays["static_offset"][0], head.faces.numpy(), read)
     assert np.linalg.norm(bare - cloud.means[0].numpy(), axis=-1).min() > 0.02

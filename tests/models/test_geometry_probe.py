@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from avp.head import load_head_model
-from avp.models.geometry_probe import GeometryProbe, GeometryProbeConfig, occupancy_grid
+from avp.models.geometry_probe import GeometryProbe, GeometryProbeConfig, cell_counts, occupancy_grid
 from tests.lit.test_generator import make_batch, tiny_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +35,7 @@ def test_occupancy_is_one_per_cell_however_many_points_share_it() -> None:
 
 def test_the_probe_learns_the_occupancy_of_two_clouds_from_their_condition_tokens() -> None:
     torch.manual_seed(0)
-    probe = GeometryProbe(16, GeometryProbeConfig(weight=1.0, cells=4, queries=2))
+    probe = GeometryProbe(16, GeometryProbeConfig(weight=1.0, target="occupancy", cells=4, queries=2))
     condition = torch.randn(2, 6, 16)
     means = torch.rand(2, 20, 3) * BOX[1]
     mask = torch.ones(2, 20, dtype=torch.bool)
@@ -50,11 +50,41 @@ def test_the_probe_learns_the_occupancy_of_two_clouds_from_their_condition_token
     assert torch.equal(predicted, occupancy_grid(means, mask, BOX, 4).bool())
 
 
+def test_the_density_probe_learns_where_the_points_of_two_clouds_are() -> None:
+    torch.manual_seed(0)
+    probe = GeometryProbe(16, GeometryProbeConfig(weight=1.0, cells=4, queries=2))
+    condition = torch.randn(2, 6, 16)
+    means = torch.rand(2, 30, 3) * BOX[1]
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, 20:] = False  # padding does not count
+    share = cell_counts(means, mask, BOX, 4)
+    share = share / share.sum(-1, keepdim=True)
+    # the loss is the cross-entropy against the share of points per cell: its minimum is the share's entropy
+    entropy = float(-(share * share.clamp(min=1e-12).log()).sum(-1).mean())
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        probe.loss(condition, means, mask, BOX).backward()
+        opt.step()
+    assert float(probe.loss(condition, means, mask, BOX)) < entropy + 0.05
+    assert torch.allclose(probe(condition).softmax(-1), share, atol=0.02)
+
+
+def test_cell_counts_count_every_valid_point_once() -> None:
+    means = torch.rand(3, 50, 3) * BOX[1]
+    mask = torch.rand(3, 50) > 0.3
+    counts = cell_counts(means, mask, BOX, 5)
+    assert torch.equal(counts.sum(-1), mask.sum(-1).float())
+    assert torch.equal(occupancy_grid(means, mask, BOX, 5), (counts > 0).float())
+
+
 def test_bad_probe_configs_are_refused() -> None:
     with pytest.raises(ValueError, match="weight"):
         GeometryProbe(16, GeometryProbeConfig(weight=-1.0))
     with pytest.raises(ValueError, match="cells"):
         GeometryProbe(16, GeometryProbeConfig(weight=1.0, cells=0))
+    with pytest.raises(ValueError, match="target"):
+        GeometryProbe(16, GeometryProbeConfig(weight=1.0, target="volume"))
 
 
 def test_off_by_default_and_on_it_adds_its_loss_and_trains_the_image_encoder() -> None:
@@ -86,4 +116,4 @@ def test_off_by_default_and_on_it_adds_its_loss_and_trains_the_image_encoder() -
     image = probed.net.condition.image
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in image.parameters())
     assert probed.net.transformer.head.weight.grad is None
-    assert probed.hparams["geometry_probe"] == {"weight": 0.5, "cells": 4, "queries": 8}
+    assert probed.hparams["geometry_probe"] == {"weight": 0.5, "target": "density", "cells": 4, "queries": 8}
