@@ -186,3 +186,35 @@ def test_the_whole_pipeline_runs_in_miniature_and_resumes(tmp_path: Path) -> Non
     again = _demo(out, quick)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already done") == 7
+
+
+def _merged(base: dict, delta: dict) -> dict:
+    """Key-by-key merge of nested dicts, later values winning (the reference the layers must agree with)."""
+    out = dict(base)
+    for key, value in delta.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("stage", ["generator", "decoder", "template"])
+def test_the_stage_layers_parse_as_their_key_by_key_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          stage: str) -> None:
+    from avp.cli import build_cli
+
+    monkeypatch.chdir(REPO)
+    config = config_from_namespace(build_parser().parse_args(["--config", "configs/demo.yaml"]))
+    layers = Demo(config, tmp_path / "demo", sys.executable).stage_configs(stage)
+    merged = {}
+    for path in layers:
+        merged = _merged(merged, yaml.safe_load(path.read_text()))
+    single = tmp_path / "merged.yaml"
+    single.write_text(yaml.safe_dump(merged))
+
+    def parse(paths: list) -> dict:
+        parsed = build_cli([a for p in paths for a in ("--config", str(p))], run=False,
+                           instantiate=False).config.as_dict()
+        parsed.pop("config")  # the files given, which differ by construction
+        return parsed
+
+    bases = getattr(config, stage).configs
+    assert len(layers) >= 3 and parse([*bases, *layers]) == parse([*bases, single])
