@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ DINOV2_ARCHS = {
     "dinov2_vitl14": ("vit_large_patch14_dinov2", "vit_large_patch14_reg4_dinov2"),
     "dinov2_vitg14": ("vit_giant_patch14_dinov2", "vit_giant_patch14_reg4_dinov2"),
 }
-ARCHS = (*DINOV2_ARCHS, "tiny")
+ARCHS = (*DINOV2_ARCHS, "tiny", "cnn")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MESH_SPACES = ("canonical", "portrait")
@@ -43,7 +45,9 @@ class ImageEncoderConfig:
     """The portrait encoder."""
 
     arch: str = "dinov2_vitb14"
-    """``dinov2_vits14`` | ``dinov2_vitb14`` | ``dinov2_vitl14`` | ``dinov2_vitg14`` (timm DINOv2), or ``tiny``."""
+    """``dinov2_vits14`` | ``dinov2_vitb14`` | ``dinov2_vitl14`` | ``dinov2_vitg14`` (timm DINOv2), ``tiny`` (a small
+    ViT, random init) or ``cnn`` (:class:`ConvBackbone`: a small convolutional net for from-scratch training at toy
+    scale, where it learns the portrait's geometry faster than a ViT; an extension of ours)."""
     registers: bool = False
     """Use the DINOv2 variant with 4 register tokens (needs weights trained with registers)."""
     image_size: int = 224
@@ -60,6 +64,8 @@ class ImageEncoderConfig:
     """``tiny`` only: attention heads."""
     tiny_patch: int = 16
     """``tiny`` only: patch size."""
+    cnn_channels: tuple[int, ...] = (32, 64, 96, 128)
+    """``cnn`` only: channels of its stride-2 stages (``image_size / 2^stages`` tokens per side)."""
 
 
 @dataclass
@@ -197,13 +203,43 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- encoders
+class ConvBackbone(nn.Module):
+    """``[B, 3, S, S]`` -> ``[B, (S / 2^K)^2, C_K]`` tokens: K stride-2 3x3 convolutions (GroupNorm, GELU) and a
+    learned position embedding per cell of the last grid.
+
+    The ``cnn`` portrait encoder: at toy scale, trained from scratch, the convolutional bias makes it learn where a
+    subject's points are from its portrait in hundreds of steps, which a small ViT did not (EXPERIMENTS.md, exp10).
+    """
+
+    def __init__(self, image_size: int, channels: Sequence[int]):
+        super().__init__()
+        if not channels or image_size % 2 ** len(channels):
+            raise ValueError(f"image encoder: cnn needs image_size ({image_size}) divisible by 2^{len(channels)} "
+                             f"(one halving per entry of cnn_channels {tuple(channels)})")
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip((3, *channels[:-1]), channels, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(8, c_out), c_out),
+                       nn.GELU()]
+        self.stages = nn.Sequential(*layers)
+        self.embed_dim = int(channels[-1])
+        self.n_tokens = (image_size // 2 ** len(channels)) ** 2
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.n_tokens, self.embed_dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(x).flatten(2).transpose(1, 2) + self.pos_embed  # [B, P, C]
+
+
 def build_vit(config: ImageEncoderConfig) -> nn.Module:
-    """The timm ViT backbone (``num_classes=0``) that ``config`` names, randomly initialised."""
+    """The backbone (``forward_features -> [B, P, E]``, ``embed_dim``) that ``config`` names, randomly initialised:
+    a timm ViT (``num_classes=0``) or, for ``cnn``, a :class:`ConvBackbone`."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     if config.arch not in ARCHS:
         raise ValueError(f"image encoder: arch must be one of {ARCHS}, got {config.arch!r}")
+    if config.arch == "cnn":
+        return ConvBackbone(config.image_size, config.cnn_channels)
     if config.arch == "tiny":
         if config.image_size % config.tiny_patch:
             raise ValueError(f"image encoder: image_size {config.image_size} is not a multiple of the patch size "
@@ -230,9 +266,15 @@ class ImageEncoder(nn.Module):
         self.config = config
         self.backbone = build_vit(config)
         if config.pretrained_path:
+            if config.arch == "cnn":
+                raise ValueError("image encoder: pretrained_path loads DINOv2 weights; the cnn encoder has none (set "
+                                 "pretrained_path: null)")
             load_vit_weights(self.backbone, config.pretrained_path)
         self.embed_dim = int(self.backbone.embed_dim)
-        self.n_tokens = int(self.backbone.patch_embed.num_patches) + int(self.backbone.num_prefix_tokens)
+        if isinstance(self.backbone, ConvBackbone):
+            self.n_tokens = self.backbone.n_tokens
+        else:
+            self.n_tokens = int(self.backbone.patch_embed.num_patches) + int(self.backbone.num_prefix_tokens)
         self.proj = nn.Linear(self.embed_dim, out_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -215,3 +215,24 @@ def test_condition_mesh_uses_the_portrait_identity_in_neutral_pose_by_default() 
     assert torch.equal(head.calls[-1].expr, params.expr)
     with pytest.raises(ValueError, match="space must be one of"):
         condition_vertices(head, params, space="world")
+
+
+def test_the_cnn_encoder_gives_one_token_per_cell_and_trains() -> None:
+    gen = torch.Generator().manual_seed(0)
+    enc = ImageEncoder(ImageEncoderConfig(arch="cnn", image_size=64, freeze=False, cnn_channels=(8, 16, 16)),
+                       out_dim=12).train()
+    assert enc.n_tokens == 8 * 8
+    image = torch.rand(2, 3, 64, 64, generator=gen)
+    tokens = enc(image)
+    assert tokens.shape == (2, 64, 12)
+    # portraits of other sizes are resized first, as for the ViTs
+    assert enc(torch.rand(1, 3, 100, 80, generator=gen)).shape == (1, 64, 12)
+    tokens.square().mean().backward()
+    assert all(p.grad is not None for p in enc.backbone.parameters())
+
+
+def test_bad_cnn_configs_name_the_field() -> None:
+    with pytest.raises(ValueError, match="cnn_channels"):
+        ImageEncoder(ImageEncoderConfig(arch="cnn", image_size=60, freeze=False), out_dim=8)
+    with pytest.raises(ValueError, match="pretrained_path"):
+        ImageEncoder(ImageEncoderConfig(arch="cnn", image_size=64, freeze=False, pretrained_path="w.pth"), out_dim=8)
