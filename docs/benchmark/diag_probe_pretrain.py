@@ -1,8 +1,8 @@
 """Can the generator's tiny portrait encoder learn where a subject's points are, trained on that alone? (exp10)
 
-Usage: python docs/benchmark/diag_probe_pretrain.py GENERATOR_DATA EVAL_DATA STEPS [TARGET [WIDTH DEPTH PATCH]]
+Usage: python docs/benchmark/diag_probe_pretrain.py GENERATOR_DATA EVAL_DATA STEPS [TARGET [cnn | WIDTH DEPTH PATCH]]
 Trains a fresh ``tiny`` image encoder (the benchmark generator's: 112 px, width 96, depth 2, 16 px patches, 128 out;
-or WIDTH, DEPTH, PATCH with 4 heads) and a geometry probe
+or WIDTH, DEPTH, PATCH with 4 heads; or ``cnn``: the ``cnn`` encoder with its default channels) and a geometry probe
 (``density`` or ``occupancy``, 8^3 cells over the benchmark tokenizer's box) on the first 1,200 training portraits of
 GENERATOR_DATA (batch 32, AdamW 1e-3, seed 0) and prints the probe's loss on EVAL_DATA's test subjects every 100 steps,
 after the loss of the best constant prediction there (the training portraits' mean grid: what an encoder that reads
@@ -47,11 +47,12 @@ def mean_grid_loss(means: torch.Tensor, mask: torch.Tensor, val_means: torch.Ten
     return float(-(val_share * share.mean(0).clamp(min=1e-6).log()).sum(-1).mean())
 
 
-def main(train_root: str, eval_root: str, steps: int, target: str, vit: dict[str, int]) -> None:
+def main(train_root: str, eval_root: str, steps: int, target: str, encoder_args: dict) -> None:
     torch.manual_seed(0)
     portraits, means, mask = load(train_root, "train", 1200)
     val = load(eval_root, "test")
-    encoder = ImageEncoder(ImageEncoderConfig(arch="tiny", registers=False, image_size=112, freeze=False, **vit), 128)
+    encoder = ImageEncoder(ImageEncoderConfig(**{"arch": "tiny", "registers": False, "image_size": 112, "freeze": False,
+                                                 **encoder_args}), 128)
     probe = GeometryProbe(128, GeometryProbeConfig(weight=1.0, target=target, cells=8))
     print(f"mean grid: held-out probe loss {mean_grid_loss(means, mask, val[1], val[2], target):.4f}", flush=True)
     opt = torch.optim.AdamW([*encoder.parameters(), *probe.parameters()], lr=1e-3, weight_decay=0.01)
@@ -70,6 +71,11 @@ def main(train_root: str, eval_root: str, steps: int, target: str, vit: dict[str
 
 
 if __name__ == "__main__":
-    sizes = [int(v) for v in sys.argv[5:8]]
-    vit = dict(zip(("tiny_width", "tiny_depth", "tiny_patch"), sizes, strict=True)) | {"tiny_heads": 4} if sizes else {}
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "density", vit)
+    if sys.argv[5:] == ["cnn"]:
+        encoder_args = {"arch": "cnn"}
+    elif sys.argv[5:]:
+        sizes = [int(v) for v in sys.argv[5:8]]
+        encoder_args = dict(zip(("tiny_width", "tiny_depth", "tiny_patch"), sizes, strict=True)) | {"tiny_heads": 4}
+    else:
+        encoder_args = {}
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "density", encoder_args)
