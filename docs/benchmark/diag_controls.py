@@ -9,8 +9,9 @@ CONTROL (the resampled teacher, a perfect generator's cloud, unless said otherwi
   cut_top DY        without its points within DY metres of its top
   generated         the decoder's generated clouds (its sampling settings, temperature 0.8)
   bind_nearest1     the generated clouds with every face token restricted to the point's nearest face
-  generated_by CKPT the clouds another generator (a GeneratorModule checkpoint of the same architecture) samples,
-                    decoded by this decoder: its weights are swapped into a copy of the decoder checkpoint (OUT.ckpt)
+  generated_by CKPT the clouds another generator (a GeneratorModule checkpoint) samples, decoded by this decoder: it
+                    is swapped into a copy of the decoder checkpoint (OUT.ckpt; another architecture only for a
+                    position-only decoder without cross-attention, which never reads it)
 The protocol is the benchmark's (configs/eval/self_reenactment.yaml with its overrides); prints OUT/metrics.json's
 path.
 """
@@ -67,18 +68,24 @@ def patch(control: str, value: float, box: np.ndarray) -> str:
 
 
 def swap_generator(ckpt: str, generator: str, out: str) -> str:
-    """A copy of the decoder checkpoint ``ckpt`` at ``out`` whose frozen generator has ``generator``'s weights."""
+    """A copy of the decoder checkpoint ``ckpt`` at ``out`` whose frozen generator is ``generator`` (weights and
+    hyper-parameters). A generator of another architecture is accepted only by a decoder that never reads it
+    (``inputs: position``, no cross-attention): its own weights are then what they would be with that generator."""
     import torch
 
     decoder = torch.load(ckpt, map_location="cpu", weights_only=False)
-    weights = {k[len("net."):]: v for k, v in torch.load(generator, map_location="cpu", weights_only=False)[
-        "state_dict"].items() if k.startswith("net.")}
+    source = torch.load(generator, map_location="cpu", weights_only=False)
+    weights = {k[len("net."):]: v for k, v in source["state_dict"].items() if k.startswith("net.")}
     prefix = "model.generator."
-    keys = [k for k in decoder["state_dict"] if k.startswith(prefix)]
-    if sorted(k[len(prefix):] for k in keys) != sorted(weights):
-        raise SystemExit(f"diag_controls: {generator} is not a generator of {ckpt}'s architecture")
-    for k in keys:
-        decoder["state_dict"][k] = weights[k[len(prefix):]]
+    state = decoder["state_dict"]
+    if sorted(k[len(prefix):] for k in state if k.startswith(prefix)) != sorted(weights):
+        settings = decoder["hyper_parameters"]["decoder"]
+        if settings["inputs"] != "position" or settings["cross_attention"]:
+            raise SystemExit(f"diag_controls: {generator} is not a generator of {ckpt}'s architecture, and that "
+                             "decoder reads its generator's features or condition")
+    decoder["state_dict"] = {k: v for k, v in state.items() if not k.startswith(prefix)} | {
+        prefix + k: v for k, v in weights.items()}
+    decoder["hyper_parameters"]["generator_hparams"] = dict(source["hyper_parameters"])
     torch.save(decoder, out)
     return out
 
@@ -89,7 +96,7 @@ def main(ckpt: str, root: str, out: str, control: str, value: str) -> int:
     from avp.eval.cli import main as evaluate
 
     if control == "generated_by":
-        ckpt, control = swap_generator(ckpt, value, out.rstrip("/") + ".ckpt"), "generated"
+        ckpt, control, value = swap_generator(ckpt, value, out.rstrip("/") + ".ckpt"), "generated", ""
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     box = next(v for k, v in state.items() if k.endswith("tokenizer.bounds")).numpy()
     points = patch(control, float(value or 0), box)
