@@ -66,16 +66,16 @@ class SamplingConfig:
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1: all)."""
     role_temperature: tuple[float, float, float, float] | None = None
-    """Temperatures of the x, y, z and face slots (None: ``temperature`` at every slot; an extension of ours). Points
-    are sorted by the tokenizer's order (y first by default), so the primary axis sets how fast a cloud sweeps the
-    head: sharpening it shortens every step and lengthens the cloud, sharpening the other axes and the face does not.
-    Overrides ``temperature`` where given (``temperature`` 0, greedy, still overrides everything)."""
+    """Temperatures of the x, y, z and face slots (None: ``temperature`` at every slot; an extension of ours).
+    Overrides ``temperature`` where given (``temperature`` 0, greedy, still overrides everything). Measured at toy
+    scale (docs/benchmark/EXPERIMENTS.md, exp9): sharper coordinates bring points nearer the teacher but lengthen the
+    clouds (points are sorted, and sharper steps sweep the head more slowly), whichever axes are sharpened."""
     eos_temperature: float | None = None
     """Temperature of the stop decision alone (None: ``temperature``; an extension of ours). At an x slot the model
-    chooses between EOS and the next point's x; a temperature below 1 sharpens the coordinates but also starves EOS
-    (rarely the most likely token), so clouds grow longer than the data's. With ``eos_temperature`` the slot stops
-    with EOS's probability at that temperature and otherwise draws x from the coordinates at ``temperature`` (top-k /
-    top-p apply to them): sharper points at the data's point count. Ignored when ``temperature`` is 0 (greedy)."""
+    chooses between EOS and the next point's x: with ``eos_temperature`` the slot stops with EOS's probability at that
+    temperature and otherwise draws x from the coordinates at the slot's temperature (top-k / top-p apply to them).
+    Ignored when ``temperature`` is 0 (greedy). Measured (exp9): at coordinate temperatures below 1 the clouds still
+    grow longer than the data's with EOS at 1, since the sweep, not the stop probability, sets their length."""
     max_points: int = 10000
     """Stop after this many points (the cloud is then returned without EOS, ``finished = False``)."""
     min_points: int = 1
