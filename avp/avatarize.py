@@ -28,7 +28,6 @@ Writes into ``DIR`` (and prints each path):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -43,15 +42,10 @@ __all__ = ["main", "parser"]
 
 
 def parser() -> ArgumentParser:
-    from jsonargparse import DefaultHelpFormatter
-
     from avp.driving import MOTIONS
     from avp.tool_parser import tool_parser
 
-    class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        """jsonargparse's help (types, defaults) with the description kept as written."""
-
-    p = tool_parser("avp avatarize", __doc__.split("\n\n")[0], formatter_class=Formatter)
+    p = tool_parser("avp avatarize", __doc__.split("\n\n")[0], raw_text=True)
     p.add_argument("--image", type=str, required=True, help="the portrait photo (jpg/png/...)")
     p.add_argument("--out", type=str, required=True, help="output folder (created)")
     p.add_argument("--decoder", type=str, required=True, help="DecoderModule checkpoint (avp fit of the decoder stage)")

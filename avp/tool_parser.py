@@ -11,11 +11,26 @@ if TYPE_CHECKING:
     from jsonargparse import ArgumentParser
 
 
-def tool_parser(prog: str, description: str | None = None, **kwargs: Any) -> ArgumentParser:
-    """``jsonargparse.ArgumentParser(prog, description, **kwargs)`` with a ``--config`` option."""
+def tool_parser(prog: str, description: str | None = None, *, raw_text: bool = False,
+                **kwargs: Any) -> ArgumentParser:
+    """``jsonargparse.ArgumentParser(prog, description, **kwargs)`` with a ``--config`` option; ``raw_text``: the
+    description and epilog are printed as written (command lines in them keep their lines)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    if raw_text:
+        kwargs["formatter_class"] = _raw_text_formatter()
     parser = ArgumentParser(prog=prog, description=description, default_env=False, **kwargs)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (as --print_config "
                                                                   "writes)")
     return parser
+
+
+def _raw_text_formatter() -> type:
+    import argparse
+
+    from jsonargparse import DefaultHelpFormatter
+
+    class RawTextFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """jsonargparse's help (types, defaults) with the description and epilog kept as written."""
+
+    return RawTextFormatter

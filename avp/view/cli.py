@@ -25,15 +25,9 @@ __all__ = ["main", "parser"]
 
 
 def parser() -> ArgumentParser:
-    from jsonargparse import DefaultHelpFormatter
-
     from avp.tool_parser import tool_parser
 
-    class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        """jsonargparse's help (types, defaults) with the epilog's command lines kept as written."""
-
-    p = tool_parser("avp view", __doc__.split("\n\n")[0], formatter_class=Formatter,
-                    epilog=__doc__.split("::")[1])
+    p = tool_parser("avp view", __doc__.split("\n\n")[0], raw_text=True, epilog=__doc__.split("::")[1])
     # no default: an optional positional's default would replace the value a config file gives
     p.add_argument("avatar", type=str, nargs="?", default=argparse.SUPPRESS,
                    help="avp avatarize output folder, avatar folder, or GaussianAvatars folder / point_cloud.ply")
