@@ -301,6 +301,39 @@ def test_per_row_draws_follow_the_distribution_and_never_pick_masked_tokens() ->
     assert abs((draws == 3).float().mean().item() - 0.8) < 0.03  # 4000 draws: std 0.0063
     edge = torch.tensor([[0.0, 1.0, 0.0]])
     assert draw_tokens(edge, [torch.Generator().manual_seed(0)]).item() == 1
+    one = draw_tokens(probs, torch.Generator().manual_seed(0))  # one generator for the batch: one uniform per row
+    assert set(one.tolist()) <= {1, 3} and abs((one == 3).float().mean().item() - 0.8) < 0.03
+
+
+@pytest.mark.parametrize("role", [0, 1, 3])
+@pytest.mark.parametrize("kw", [{}, {"temperature": 0.6, "top_k": 7, "top_p": 0.9},
+                                {"temperature": 0.8, "eos_temperature": 1.5}], ids=["plain", "topk-topp", "eos-temp"])
+def test_a_draw_among_the_roles_tokens_is_the_full_vocabulary_draw_under_the_grammar_mask(role, kw) -> None:
+    """The sampler chooses among the slot's role's tokens only; full-vocabulary logits with every other token masked
+    draw the same token with the same generator, row by row (2,000 rows, random logits and order thresholds)."""
+    from avp.models.generator import role_rows
+    from avp.models.sampling import draw_tokens, slot_probs
+
+    L, F_ = 16, 40
+    tok = PointTokenizer(BOUNDS, n_faces=F_, levels=L)
+    g = torch.Generator().manual_seed(role)
+    B, V = 2000, tok.vocab_size
+    rows = role_rows(role, L, F_)
+    ids = torch.arange(V)[rows]  # the role's tokens, in vocabulary order
+    logits = torch.randn(B, V, generator=g) * 3
+    allowed = torch.arange(len(ids))[None, :] >= torch.randint(0, len(ids) - 1, (B, 1), generator=g)
+    if role == 0:
+        allowed[:, L] = torch.rand(B, generator=g) < 0.5  # EOS, last among the x slot's tokens
+    config = SamplingConfig(**kw)
+    eos_full, eos_local = (tok.eos_id, L) if role == 0 else (None, None)
+    full_allowed = torch.zeros(B, V, dtype=torch.bool)
+    full_allowed[:, ids] = allowed
+    full = draw_tokens(slot_probs(logits.masked_fill(~full_allowed, float("-inf")), config, role, eos_full),
+                       torch.Generator().manual_seed(5))
+    local = draw_tokens(slot_probs(logits[:, ids].masked_fill(~allowed, float("-inf")), config, role, eos_local),
+                        torch.Generator().manual_seed(5))
+    assert torch.equal(ids[local], full)
+    assert full_allowed.gather(1, full[:, None]).all()
 
 
 def test_sampling_records_no_autograd_graph() -> None:

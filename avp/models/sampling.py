@@ -15,9 +15,11 @@ Every step masks the logits so that only a well-formed sequence can come out:
 
 Then temperature (0 = greedy), top-k and top-p pick the token with a seeded ``torch.Generator``.
 
-A model with the role-factored head (``GeneratorConfig.head = "role"``) forwards without logits and only the rows of
-the slot's role are computed (``hidden @ W[rows].T``: coordinates and EOS, or faces), put back at their vocabulary ids
-with every other token at ``-inf``: those were masked by the grammar anyway, so the draws are the full head's.
+Each slot chooses among its role's tokens only (coordinates and EOS at x slots, coordinates at y/z, faces at b): the
+grammar masks every other token, so a draw over the role's tokens is a draw over the masked vocabulary, at a cost that
+does not grow with the vocabulary (65 of 11k entries at three slots in four; one uniform per draw). A model with the
+role-factored head (``GeneratorConfig.head = "role"``) forwards without logits and computes only those rows
+(``hidden @ W[rows].T``), so its draws are the full head's.
 
 Long clouds: the model sees at most ``window`` tokens (its training window). When the context would exceed it, the
 sampler restarts the context at a point boundary so that the last ``keep`` tokens or fewer remain, re-encoding them in
@@ -265,26 +267,29 @@ def slot_probs(logits: Tensor, config: SamplingConfig, role: int, eos_id: int | 
     return probs
 
 
-def _restrict_to_nearest_faces(allowed: Tensor, point: Tensor, face_centers: Tensor, k: int, offset: int) -> Tensor:
-    """``allowed [B, V]`` narrowed at the face tokens (``offset + face``) to the ``k`` faces nearest to ``point
-    [B, 3]``; a row whose order constraint leaves none of them allowed keeps its unrestricted set."""
+def _restrict_to_nearest_faces(allowed: Tensor, point: Tensor, face_centers: Tensor, k: int) -> Tensor:
+    """``allowed [B, F]`` (a b slot's faces) narrowed to the ``k`` faces nearest to ``point [B, 3]``; a row whose
+    order constraint leaves none of them allowed keeps its unrestricted set."""
     k = min(k, face_centers.shape[1])
     nearest = torch.cdist(point[:, None].to(face_centers.dtype), face_centers)[:, 0].topk(k, largest=False).indices
     near = torch.zeros_like(allowed)
-    near.scatter_(1, nearest + offset, True)
+    near.scatter_(1, nearest, True)
     narrowed = allowed & near
     return torch.where(narrowed.any(-1, keepdim=True), narrowed, allowed)
 
 
 def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
-    """One token per row of ``probs [B, V]``: ``torch.multinomial`` with one generator, or with ``B`` generators
-    (one per row) an inverse-CDF draw of one uniform from each row's own generator, so that a row's tokens do not
-    depend on the other rows of its batch."""
+    """One token per row of ``probs [B, V]`` by inverse CDF: one uniform per row, from the one generator (or the
+    global one) or, with ``B`` generators, each row's from its own, so that a row's tokens do not depend on the other
+    rows of its batch. One uniform, not one random number per vocabulary entry as ``torch.multinomial`` draws: the
+    cost of a draw does not grow with the vocabulary, and the draw depends on the allowed tokens' probabilities only,
+    so restricting ``probs`` to a slot's tokens (zeros removed) draws the same token."""
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    if len(generator) != probs.shape[0]:
-        raise ValueError(f"sampling: {len(generator)} generators for {probs.shape[0]} rows")
-    u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=torch.float64) for g in generator])
+        u = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)
+    else:
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"sampling: {len(generator)} generators for {probs.shape[0]} rows")
+        u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=torch.float64) for g in generator])
     cdf = probs.double().cumsum(-1)
     u = u * cdf[:, -1]  # the cumulative sum of float probabilities may end a hair below 1
     index = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1)
@@ -367,9 +372,11 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
     n_points = torch.zeros(B, dtype=torch.long, device=device)
     prev = torch.zeros(B, 4, dtype=torch.long, device=device)
     cur = torch.zeros(B, 4, dtype=torch.long, device=device)
-    vocab = torch.arange(tokenizer.vocab_size, device=device)
     role_head = getattr(getattr(model, "config", None), "head", "full") == "role"
-    rows = [role_rows(r, L, F_, device) for r in range(4)]  # role head: the rows each role computes
+    rows = [role_rows(r, L, F_, device) for r in range(4)]  # the vocabulary rows a slot of each role chooses from
+    # each role's tokens in vocabulary order: a slot's choice is made among them (local index -> token id)
+    role_tokens = [torch.arange(tokenizer.vocab_size, device=device)[r] for r in rows]
+    local = [torch.arange(len(t), device=device) for t in role_tokens]
     # the role head's output rows per role, gathered once (the x rows are not contiguous: EOS comes last)
     role_weights = [model.head.weight[r] for r in rows] if role_head else []
     # the static step's position and cache slot live on the device: advancing them is a kernel, not a host sync
@@ -438,30 +445,27 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
                 thr = order_threshold(prev, n_points > 0, cur, role, priority, maxima)
             else:
                 thr = torch.zeros(B, dtype=torch.long, device=device)
-            if role == 3:
-                lo, hi = L + thr, torch.full_like(thr, L + F_)
-            else:
-                lo, hi = thr, torch.full_like(thr, L)
-            allowed = (vocab >= lo[:, None]) & (vocab < hi[:, None])  # [B, V]
+            # the choice is made among the role's R tokens only (every other token is masked by the grammar):
+            # local index j is token role_tokens[role][j], in vocabulary order, so argmax ties and cumulative sums
+            # are those of the full vocabulary under the mask
+            allowed = local[role][None, :] >= thr[:, None]  # [B, R]: coordinates / faces from the order threshold
             if role == 3 and config.bind_nearest > 0:
                 allowed = _restrict_to_nearest_faces(allowed, tokenizer.dequantize(cur[:, :3]), face_centers,
-                                                     config.bind_nearest, L)
-            if role == 0:
+                                                     config.bind_nearest)
+            if role == 0:  # x slots end with EOS (local index L)
                 no_next_point = thr > maxima[0]
-                allowed[:, tokenizer.eos_id] = (n_points >= config.min_points) | no_next_point
-            if role_head:  # only the role's rows, back at their vocabulary ids
-                logits = torch.full((B, tokenizer.vocab_size), float("-inf"), device=device)
-                logits[:, rows[role]] = F.linear(last_hidden, role_weights[role]).float()
-            elif logits_full is None:
-                logits = model.head_logits(last_hidden).float()
+                allowed[:, L] = (n_points >= config.min_points) | no_next_point
+            if role_head:  # only the role's rows are computed
+                logits = F.linear(last_hidden, role_weights[role]).float()
             else:
-                logits = logits_full.float()
-            logits = logits.masked_fill(~allowed, float("-inf"))
+                full_logits = model.head_logits(last_hidden) if logits_full is None else logits_full
+                logits = full_logits[:, rows[role]].float()
+            logits = logits.masked_fill(~allowed, float("-inf"))  # [B, R]
             if config.temperature == 0:
-                nxt = logits.argmax(-1)
+                choice = logits.argmax(-1)
             else:
-                probs = slot_probs(logits, config, role, tokenizer.eos_id if role == 0 else None)
-                nxt = draw_tokens(probs, generator)
+                choice = draw_tokens(slot_probs(logits, config, role, L if role == 0 else None), generator)
+            nxt = role_tokens[role][choice]
             nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_id), nxt)
             tokens[:, pos + 1] = nxt
             # ---- bookkeeping
