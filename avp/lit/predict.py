@@ -189,21 +189,23 @@ def _subject_batch(batch: AvatarBatch, b: int) -> AvatarBatch:
 
 @torch.no_grad()
 def generator_predictions(module: Any, batch: AvatarBatch) -> list[GeneratedCloud]:
-    """:meth:`GeneratorModule.predict_step`: sample one cloud per subject with ``val_sampling`` and ``seed``."""
+    """:meth:`GeneratorModule.predict_step`: sample one cloud per subject with ``val_sampling`` and ``seed``, the
+    whole batch in one call. Each subject draws from its own generator seeded with ``seed``, so its cloud is the one
+    it gets sampled alone (a cloud does not depend on its batch); clouds that end early emit padding while the
+    others go on."""
     seed = int(module.hparams.seed)
     offset = batch.static_offset  # [B, V, 3] tracked subjects' (mesh tokens and nearest faces on it), or None
     condition = module.net.encode_condition(batch.portrait, batch.portrait_head, offset)
+    generators = [torch.Generator(device=condition.device).manual_seed(seed) for _ in batch.subject]
+    s = module.net.sample(condition, module.val_sampling, generators, shape=batch.portrait_head.shape,
+                          static_offset=offset)
     out = []
     for b, subject in enumerate(batch.subject):
-        generator = torch.Generator(device=condition.device).manual_seed(seed)
-        s = module.net.sample(condition[b : b + 1], module.val_sampling, generator,
-                              shape=batch.portrait_head.shape[b : b + 1],
-                              static_offset=None if offset is None else offset[b : b + 1])
-        n, length = int(s.n_points[0]), int(s.lengths[0])
+        n, length = int(s.n_points[b]), int(s.lengths[b])
         out.append(GeneratedCloud(
-            subject=str(subject), tokens=s.tokens[0, :length].cpu().numpy().astype(np.int64),
-            points=s.points[0, :n].float().cpu().numpy(), binding=s.binding[0, :n].cpu().numpy().astype(np.int64),
-            finished=bool(s.finished[0]), seed=seed))
+            subject=str(subject), tokens=s.tokens[b, :length].cpu().numpy().astype(np.int64),
+            points=s.points[b, :n].float().cpu().numpy(), binding=s.binding[b, :n].cpu().numpy().astype(np.int64),
+            finished=bool(s.finished[b]), seed=seed))
     return out
 
 

@@ -169,3 +169,43 @@ def test_a_predict_run_writes_the_sibr_model_folder_and_the_subjects_static_offs
                                   ["static_offset"][0], offset.numpy())
     assert not read_flame_param_npz(tmp_path / "sibr_True" / "s0" / "gaussian_avatars" / "flame_param.npz")[
         "static_offset"].any()
+
+
+def test_generator_predictions_sample_the_batch_in_one_call_each_cloud_as_if_alone() -> None:
+    """``avp predict`` of the generator samples a whole batch in one call; every subject's cloud is the one its
+    seeded sample alone gives (per-subject generators)."""
+    from types import SimpleNamespace
+
+    from avp.lit.predict import generator_predictions
+    from avp.models.conditional import ConditionalPointGenerator
+    from avp.models.encoders import ConditionConfig, ImageEncoderConfig, MeshEncoderConfig
+    from avp.models.generator import GeneratorConfig
+    from avp.models.sampling import SamplingConfig
+    from avp.models.tokenizer import TokenizerConfig
+    from avp.types import HeadParams
+
+    torch.manual_seed(0)
+    head = load_head_model()
+    condition = ConditionConfig(image=ImageEncoderConfig(arch="tiny", image_size=32, freeze=False),
+                                mesh=MeshEncoderConfig(n_points=32, n_layers=1, n_heads=4))
+    # 16 levels: an untrained model stops after a few dozen points, not after thousands
+    net = ConditionalPointGenerator(head, tokenizer=TokenizerConfig(levels=16), condition=condition,
+                                    model=GeneratorConfig(n_layers=1, width=32, n_heads=4)).eval()
+    g = torch.Generator().manual_seed(1)
+    B = 3
+    params = HeadParams.zeros(B, n_shape=head.n_shape, n_expr=head.n_expr)
+    params.shape = 0.5 * torch.randn(B, head.n_shape, generator=g)
+    batch = SimpleNamespace(portrait=torch.rand(B, 3, 32, 32, generator=g), portrait_head=params,
+                            static_offset=None, subject=["a", "b", "c"])
+    sampling = SamplingConfig(max_points=40, min_points=1, bind_nearest=4, enforce_order=False)
+    module = SimpleNamespace(net=net, val_sampling=sampling, hparams=SimpleNamespace(seed=7))
+    clouds = generator_predictions(module, batch)
+    cond = net.encode_condition(batch.portrait, params)
+    for b, cloud in enumerate(clouds):
+        alone = net.sample(cond[b : b + 1], sampling, torch.Generator().manual_seed(7), shape=params.shape[b : b + 1])
+        n = int(alone.lengths[0])
+        assert cloud.subject == batch.subject[b] and cloud.seed == 7
+        np.testing.assert_array_equal(cloud.tokens, alone.tokens[0, :n].numpy())
+        np.testing.assert_allclose(cloud.points, alone.points[0, : int(alone.n_points[0])].numpy())
+    assert all(c.finished for c in clouds)  # each ended with EOS (clouds ending at different steps in one batch:
+    # tests/test_sampling.py, test_per_row_generators_make_each_cloud_independent_of_its_batch)
