@@ -51,6 +51,9 @@ def synth_parser() -> ArgumentParser:
                    help="frame background in 0..1 (default white, as VHAP exports)")
     p.add_argument("--portrait-background", type=Literal["random", "same", "white", "black"],
                    default=d.portrait_background, help="portrait background (default: random plain colour)")
+    p.add_argument("--portrait-points", type=int, default=d.portrait_points,
+                   help="0: render the portrait from the teacher (default); N: from an independent N-point sampling "
+                        "of the subject (a sharp, photo-like portrait)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--shard-samples", type=int, default=d.shard_samples, help="samples per shard")
@@ -67,7 +70,8 @@ def _synth(argv: list[str]) -> int:
                       portrait_size=a.portrait_size or a.size, seed=a.seed, points=(a.points[0], a.points[1]),
                       sh_degree=a.sh_degree, cameras=a.cameras, hair_volume=a.hair_volume,
                       background=tuple(a.background),
-                      portrait_background=a.portrait_background, val_fraction=a.val_fraction,
+                      portrait_background=a.portrait_background, portrait_points=a.portrait_points,
+                      val_fraction=a.val_fraction,
                       test_fraction=a.test_fraction, shard_samples=a.shard_samples)
     manifest = synthesize(cfg, a.out, workers=a.workers or None, overwrite=a.overwrite, progress=True)
     print(json.dumps({"out": str(a.out), "shards": len(manifest.shards),

@@ -64,6 +64,10 @@ class SynthConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     portrait_background: str = "random"
     """``random`` (a plain colour per subject), ``same`` (as the frames), ``white`` or ``black``."""
+    portrait_points: int = 0
+    """0: the portrait is a render of the subject's teacher Gaussians (the points the clips are rendered from). N > 0:
+    a render of an independent sampling of the same subject with N points, like a photo: as sharp as N allows (a
+    100-200 point teacher renders a blurred portrait), and showing nothing of where the teacher's points are."""
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     shard_samples: int = 32
@@ -76,6 +80,8 @@ class SynthConfig:
             raise ValueError(f"points must be a range 1 <= MIN <= MAX, got {self.points}")
         if not self.hair_volume > 0:
             raise ValueError(f"hair_volume must be > 0, got {self.hair_volume}")
+        if self.portrait_points < 0:
+            raise ValueError(f"portrait_points must be >= 0, got {self.portrait_points}")
         if self.portrait_background not in ("random", "same", "white", "black"):
             raise ValueError(f"unknown portrait_background {self.portrait_background!r}")
 
@@ -112,7 +118,8 @@ def resample_teacher(meta: dict[str, Any], head: Any, draw: int = 1) -> Any:
     and point budget as the shard's teacher (``meta`` of a sample written by ``avp data synth``), new random points.
 
     What a perfect generator could produce for the subject; its distance to the shard's teacher is the point
-    metrics' noise floor. ``draw`` selects one of many resamplings (0 is reserved for nothing: ``>= 1``).
+    metrics' noise floor. ``draw`` selects one of many resamplings (``>= 1``; the sampling of a ``portrait_points``
+    portrait uses the stream of draw 0).
     Returns a :class:`~avp.data.schema.TeacherGaussians`.
     """
     extra = meta.get("extra", {})
@@ -164,7 +171,14 @@ def make_subject(cfg: SynthConfig, index: int, split: str, head: Any) -> ClipSam
                                     width=cfg.size, height=cfg.size),
                      background=torch.tensor(cfg.background, dtype=torch.float32))
         pparams = HeadParams(**{k: torch.from_numpy(v)[None, None] for k, v in portrait_true.items()})
-        pcloud = animate_gaussians(rig, cloud, pparams, mode="lbs")
+        prig, psource = rig, cloud
+        if cfg.portrait_points > 0:  # its own random stream: the subject's other draws do not depend on it
+            photo, _ = build_teacher(mesh, app, cfg.portrait_points, np.random.default_rng([cfg.seed, index, 0]),
+                                     sh_degree=cfg.sh_degree)
+            psource = teacher_cloud(photo)
+            prig = head.rig(torch.from_numpy(photo.binding.astype(np.int64))[None], psource.means,
+                            torch.as_tensor(shape, dtype=torch.float32)[None])
+        pcloud = animate_gaussians(prig, psource, pparams, mode="lbs")
         pout = render(pcloud, Cameras(Ks=torch.from_numpy(pcam.Ks), viewmats=torch.from_numpy(pcam.viewmats),
                                       width=cfg.portrait_size, height=cfg.portrait_size),
                       background=torch.from_numpy(pbg).float())
@@ -180,7 +194,7 @@ def make_subject(cfg: SynthConfig, index: int, split: str, head: Any) -> ClipSam
         portrait_width=cfg.portrait_size, portrait_height=cfg.portrait_size, n_points=teacher.n_points,
         sh_degree=cfg.sh_degree, background=cfg.background,
         extra={**app.summary(), "performance": perf.summary(), "parts": part_counts, "n_target": n_target,
-               "camera_layout": cfg.cameras, "hair_volume": cfg.hair_volume,
+               "camera_layout": cfg.cameras, "hair_volume": cfg.hair_volume, "portrait_points": cfg.portrait_points,
                "portrait_background": [round(float(c), 4) for c in pbg],
                "portrait_head_true": {k: v.tolist() for k, v in portrait_true.items()}, "seed": cfg.seed,
                "index": index})
