@@ -2,7 +2,7 @@
 
 One command (``make benchmark``) runs, each step skipped when an earlier run of the same configuration finished it:
 
-1. ``avp data synth`` (as ``avp demo``), and of ``generator_data`` when the generator has a dataset of its own;
+1. ``avp data synth``, and of ``generator_data`` when the generator has a dataset of its own;
 2. ``avp fit`` of the generator (one seed: its budget dominates; ``generator_seeds`` trains more);
 3. for every row and seed, ``avp fit`` of a decoder: the shared decoder stage plus the row's ``delta`` and the seed;
 4. ``avp eval`` of every decoder on the held-out subjects (the row's ``eval_points``), one folder per run;
@@ -17,29 +17,93 @@ cross-attention), ``ar_feature_only``, ``template`` ("FLAME position", LAM-style
 encoding and cross-attention to the portrait, no generator), and two ceilings: ``teacher_points`` (the exact
 centres of the splats that rendered the targets) and ``resampled_teacher`` (a new surface sampling of the same
 subject: what a perfect generator could give).
+
+``avp demo`` runs this benchmark with one decoder seed and avatarizes with the ``full`` row's decoder: the config
+sections, the step machinery (:class:`Steps`) and the stage layers live here, and the demo imports them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from avp.atomic import atomic_write_json, atomic_write_text
-from avp.demo import Demo, DemoConfig, DemoData, DemoEval, DemoSheet, DemoStage, budget_layer, write_layers
 
 EvalPoints = Literal["generated", "teacher", "resampled", "template"]
 ROWS = ("full", "ar_position_only", "ar_feature_only", "template", "teacher_points", "resampled_teacher")
 IMAGE_METRICS = {"psnr": "psnr", "psnr_mask": "psnr_masked", "ssim": "ssim", "ssim_mask": "ssim_masked"}
 """Benchmark name -> the evaluation runner's metric name."""
+
+
+@dataclass
+class BenchmarkData:
+    """A synthetic dataset (``avp data synth``)."""
+
+    subjects: int = 200
+    """Subjects in total, split by the fractions below."""
+    val_fraction: float = 0.04
+    test_fraction: float = 0.04
+    views: int = 6
+    frames: int = 3
+    size: int = 64
+    """Frame size in pixels."""
+    portrait_size: int = 112
+    points: tuple[int, int] = (150, 300)
+    """Teacher point count range per subject."""
+    cameras: Literal["arc", "sphere"] = "arc"
+    """Clip cameras: a NeRSemble-like frontal arc, or all around the head (``avp data synth --cameras``)."""
+    hair_volume: float = 1.0
+    """Hair depth off the scalp relative to the default look (``avp data synth --hair-volume``)."""
+    portrait_points: int = 0
+    """0: portraits rendered from the teacher; N: from an N-point sampling of the subject, sharp like a photo
+    (``avp data synth --portrait-points``)."""
+    seed: int = 0
+
+
+@dataclass
+class BenchmarkStage:
+    """One ``avp fit``: configs applied left to right, then ``delta`` (LightningCLI keys), then the sizes below."""
+
+    configs: list[str] = field(default_factory=list)
+    max_steps: int = 100
+    """Optimiser steps (the knob to turn with more time)."""
+    batch_size: int = 2
+    samples_per_epoch: int = 200
+    """Samples per epoch (validation and checkpoints happen at epoch ends)."""
+    delta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkEval:
+    """``avp eval`` on the held-out subjects."""
+
+    protocol: str = "configs/eval/self_reenactment.yaml"
+    overrides: list[str] = field(default_factory=list)
+    """Protocol overrides ``KEY=VALUE`` (recorded with the results)."""
+    limit: int | None = None
+
+
+@dataclass
+class BenchmarkSheet:
+    """The contact sheet."""
+
+    subjects: int = 4
+    size: int = 128
+    seed: int = 0
 
 
 @dataclass
@@ -68,25 +132,26 @@ class BenchmarkPoints:
 
 @dataclass
 class BenchmarkConfig:
-    data: DemoData = field(default_factory=DemoData)
+    data: BenchmarkData = field(default_factory=BenchmarkData)
     """The dataset every decoder row trains on and every row is evaluated on (its held-out split)."""
-    generator_data: DemoData | None = None
+    generator_data: BenchmarkData | None = None
     """A dataset for the generator alone (None: ``data``): more subjects for the stage that needs them, without a
     point bank over all of them. Its seed must differ from ``data``'s, so that the two share no subject (a synthetic
     subject is a function of the dataset seed and its index) and the held-out subjects stay unseen by both stages."""
-    generator: DemoStage = field(default_factory=DemoStage)
-    decoder: DemoStage = field(default_factory=DemoStage)
+    generator: BenchmarkStage = field(default_factory=BenchmarkStage)
+    decoder: BenchmarkStage = field(default_factory=BenchmarkStage)
     """The decoder stage every row starts from."""
     rows: dict[str, BenchmarkRow] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Decoder seeds (``seed_everything`` and the module's sampling seed)."""
     generator_seeds: int = 1
     """Generators trained (seed 0 .. n-1); decoder seed ``k`` uses generator ``k % generator_seeds``."""
-    eval: DemoEval = field(default_factory=DemoEval)
+    eval: BenchmarkEval = field(default_factory=BenchmarkEval)
     points: BenchmarkPoints = field(default_factory=BenchmarkPoints)
-    sheet: DemoSheet = field(default_factory=DemoSheet)
+    sheet: BenchmarkSheet = field(default_factory=BenchmarkSheet)
     """Contact sheet of the first seed's full and template decoders (``subjects: 0`` skips it)."""
     threads: int = 2
+    """torch CPU threads of every step."""
 
 
 def build_parser() -> Any:
@@ -105,37 +170,51 @@ def build_parser() -> Any:
     return parser
 
 
+def _build(cls: type, value: Any) -> Any:
+    return value if isinstance(value, cls) else cls(**(value.as_dict() if hasattr(value, "as_dict") else value))
+
+
+def sections_from_namespace(args: Any) -> dict[str, Any]:
+    """The sections ``avp benchmark`` and ``avp demo`` share (all but the seeds), from a parsed namespace, as
+    keyword arguments of their config dataclasses."""
+    return {
+        "data": _build(BenchmarkData, args.data),
+        "generator_data": None if args.generator_data is None else _build(BenchmarkData, args.generator_data),
+        "generator": _build(BenchmarkStage, args.generator), "decoder": _build(BenchmarkStage, args.decoder),
+        "rows": {name: _build(BenchmarkRow, row) for name, row in (args.rows or {}).items()},
+        "eval": _build(BenchmarkEval, args.eval), "points": _build(BenchmarkPoints, args.points),
+        "sheet": _build(BenchmarkSheet, args.sheet), "threads": int(args.threads),
+    }
+
+
 def config_from_namespace(args: Any) -> BenchmarkConfig:
     """The parsed namespace as :class:`BenchmarkConfig` (unknown row names are refused, naming the valid ones)."""
-    def build(cls: type, value: Any) -> Any:
-        return value if isinstance(value, cls) else cls(**(value.as_dict() if hasattr(value, "as_dict") else value))
+    config = BenchmarkConfig(**sections_from_namespace(args), seeds=list(args.seeds),
+                             generator_seeds=int(args.generator_seeds))
+    check_config(config)
+    return config
 
-    config = BenchmarkConfig(
-        data=build(DemoData, args.data), generator=build(DemoStage, args.generator),
-        generator_data=None if args.generator_data is None else build(DemoData, args.generator_data),
-        decoder=build(DemoStage, args.decoder),
-        rows={name: build(BenchmarkRow, row) for name, row in (args.rows or {}).items()},
-        seeds=list(args.seeds), generator_seeds=int(args.generator_seeds), eval=build(DemoEval, args.eval),
-        points=build(BenchmarkPoints, args.points), sheet=build(DemoSheet, args.sheet), threads=int(args.threads))
+
+def check_config(config: BenchmarkConfig, prog: str = "avp benchmark") -> None:
+    """Raise ``ValueError`` naming the key for what the benchmark cannot run (``prog`` starts the message)."""
     unknown = sorted(set(config.rows) - set(ROWS))
     if unknown:
-        raise ValueError(f"avp benchmark: rows {unknown} are not benchmark rows; valid rows are {list(ROWS)}")
+        raise ValueError(f"{prog}: rows {unknown} are not benchmark rows; valid rows are {list(ROWS)}")
     if not config.rows:
-        raise ValueError("avp benchmark: the config names no rows (rows: {full: …, template: …})")
+        raise ValueError(f"{prog}: the config names no rows (rows: {{full: …, template: …}})")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
-        raise ValueError(f"avp benchmark: seeds must be distinct and non-empty, got {config.seeds}")
+        raise ValueError(f"{prog}: seeds must be distinct and non-empty, got {config.seeds}")
     for name, row in config.rows.items():
         if row.decoder_from is not None and (row.decoder_from not in config.rows
                                              or config.rows[row.decoder_from].decoder_from is not None):
-            raise ValueError(f"avp benchmark: rows.{name}.decoder_from {row.decoder_from!r} must name a row that "
+            raise ValueError(f"{prog}: rows.{name}.decoder_from {row.decoder_from!r} must name a row that "
                              f"trains its own decoders (rows: {list(config.rows)})")
     if config.generator_data is not None and config.generator_data.seed == config.data.seed:
-        raise ValueError(f"avp benchmark: generator_data.seed must differ from data.seed ({config.data.seed}): with "
+        raise ValueError(f"{prog}: generator_data.seed must differ from data.seed ({config.data.seed}): with "
                          "the same seed the two datasets hold the same subjects, and the generator would train on "
                          "the held-out ones")
     if config.generator_seeds < 1:
-        raise ValueError(f"avp benchmark: generator_seeds must be >= 1, got {config.generator_seeds}")
-    return config
+        raise ValueError(f"{prog}: generator_seeds must be >= 1, got {config.generator_seeds}")
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | int]:
@@ -147,14 +226,97 @@ def summarize(values: Sequence[float]) -> dict[str, float | int]:
     return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
 
 
+def budget_layer(stage: BenchmarkStage) -> dict[str, Any]:
+    """A stage's step budget as a config layer."""
+    return {"trainer": {"max_steps": stage.max_steps},
+            "data": {"init_args": {"batch_size": stage.batch_size, "samples_per_epoch": stage.samples_per_epoch}}}
+
+
+def write_layers(folder: Path, title: str, layers: Sequence[tuple[str, dict[str, Any]]]) -> list[Path]:
+    """Each non-empty ``(name, config)`` layer as ``folder/<i>-<name>.yaml``, in order, the folder emptied first.
+
+    Passed as ``--config`` files after a stage's base configs, LightningCLI (jsonargparse) applies them in order,
+    later layers winning key by key: one merge mechanism, the one every ``avp fit`` uses.
+    """
+    if folder.exists():
+        shutil.rmtree(folder)
+    paths = []
+    for name, layer in layers:
+        if not layer:
+            continue
+        path = folder / f"{len(paths) + 1}-{name}.yaml"
+        atomic_write_text(path, f"# written by {title}: layer {name}\n" + yaml.safe_dump(layer, sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+class Steps:
+    """The step machinery: each step is an ``avp`` command (printed, so that it can be re-run by hand), skipped when
+    an earlier run with the same payload finished it (a fingerprint of the payload under ``OUT/.done``), so an
+    interrupted run resumes and a changed setting redoes the steps that depend on it."""
+
+    def __init__(self, out: Path, python: str, threads: int, in_process: bool = False,
+                 prog: str = "avp benchmark") -> None:
+        """``in_process``: run the ``avp`` steps in this process instead of ``python -m avp.cli`` subprocesses (the
+        seconds-sized test runs; a real run keeps each step in its own process and thread setting)."""
+        self.out, self.python, self.threads, self.in_process, self.prog = out, python, threads, in_process, prog
+        self.timings: dict[str, float] = {}
+        """Seconds per step run by this object (steps found done are not timed)."""
+        self.done_dir = out / ".done"
+
+    def fingerprint(self, name: str, payload: Any) -> str:
+        text = json.dumps({"step": name, "payload": payload}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def finished(self, name: str, payload: Any) -> bool:
+        marker = self.done_dir / name
+        return marker.is_file() and marker.read_text().strip() == self.fingerprint(name, payload)
+
+    def mark(self, name: str, payload: Any) -> None:
+        atomic_write_text(self.done_dir / name, self.fingerprint(name, payload) + "\n")
+
+    def avp(self, title: str, args: list[str]) -> None:
+        """Run ``python -m avp.cli ARGS``, streaming its output; fail loudly with the command on error."""
+        command = [self.python, "-m", "avp.cli", *args]
+        print(f"\n==> {title}\n    $ avp {' '.join(args)}", flush=True)
+        if self.in_process:
+            from avp.cli import main as avp_main
+
+            try:
+                code = avp_main(args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+        else:
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+            code = subprocess.run(command, env=env, cwd=Path.cwd()).returncode
+        if code != 0:
+            raise RuntimeError(f"{self.prog}: step '{title}' failed (exit {code}): avp {' '.join(args)}")
+
+    def step(self, name: str, title: str, payload: Any, fn: Callable[[], object]) -> None:
+        if self.finished(name, payload):
+            print(f"\n==> {title}: already done in {self.out} (delete {self.done_dir / name} to redo)", flush=True)
+            return
+        start = time.perf_counter()
+        fn()
+        self.timings[name] = round(time.perf_counter() - start, 1)
+        self.mark(name, payload)
+
+
 class Benchmark:
-    def __init__(self, config: BenchmarkConfig, out: Path, python: str, in_process: bool = False) -> None:
-        self.config, self.out, self.python = config, out, python
-        demo_config = DemoConfig(data=config.data, generator=config.generator, eval=config.eval,
-                                 threads=config.threads)
-        self.demo = Demo(demo_config, out, python, in_process=in_process)
+    def __init__(self, config: BenchmarkConfig, out: Path, python: str, in_process: bool = False,
+                 prog: str = "avp benchmark") -> None:
+        self.config, self.out = config, out
+        self.steps = Steps(out, python, config.threads, in_process, prog)
 
     # ------------------------------------------------------------------------------------------------- paths
+    @property
+    def data_root(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def generator_data_root(self) -> Path:
+        return self.data_root if self.config.generator_data is None else self.out / "generator_data"
+
     def generator_run(self, gseed: int) -> Path:
         return self.out / "runs" / "generator" / f"seed{gseed}"
 
@@ -174,60 +336,99 @@ class Benchmark:
     def generator_for(self, seed: int) -> int:
         return self.config.seeds.index(seed) % self.config.generator_seeds
 
+    @property
+    def draws_sheet(self) -> bool:
+        """Whether :meth:`write` draws the contact sheet (it compares the full and template rows)."""
+        return {"full", "template"} <= set(self.config.rows) and self.config.sheet.subjects > 0
+
+    # ---------------------------------------------------------------------------------------------- payloads
+    # what each step's output depends on: its fingerprint under .done, so a change redoes exactly the steps after it
+    def data_payload(self) -> dict[str, Any]:
+        c = self.config
+        payload = dataclasses.asdict(c.data)
+        if c.generator_data is not None:
+            payload = {**payload, "generator_data": dataclasses.asdict(c.generator_data)}
+        return payload
+
+    def generator_payload(self) -> dict[str, Any]:
+        c = self.config
+        return {"generator": dataclasses.asdict(c.generator), "data": self.data_payload(),
+                "generator_seeds": c.generator_seeds}
+
+    def fit_payload(self, row: str, seed: int) -> dict[str, Any]:
+        """The payload of the fit that trains ``row``'s decoder of ``seed`` (its ``decoder_from`` row's fit)."""
+        c = self.config
+        trained = c.rows[row].decoder_from or row
+        return {"decoder": dataclasses.asdict(c.decoder), "row": dataclasses.asdict(c.rows[trained]), "seed": seed,
+                **self.generator_payload()}
+
     # ------------------------------------------------------------------------------------------------- steps
-    def _write_layers(self, name: str, stage: DemoStage, run_dir: Path, seed: int,
+    def synth(self, d: BenchmarkData, root: Path, title: str) -> None:
+        """``avp data synth`` of the dataset ``d`` into ``root``."""
+        self.steps.avp(title, [
+            "data", "synth", "--out", str(root), "--subjects", str(d.subjects), "--views", str(d.views),
+            "--frames", str(d.frames), "--size", str(d.size), "--portrait-size", str(d.portrait_size),
+            "--points", str(d.points[0]), str(d.points[1]), "--val-fraction", str(d.val_fraction),
+            "--test-fraction", str(d.test_fraction), "--seed", str(d.seed), "--cameras", d.cameras,
+            "--hair-volume", str(d.hair_volume), "--portrait-points", str(d.portrait_points), "--overwrite"])
+
+    def _write_layers(self, name: str, stage: BenchmarkStage, run_dir: Path, seed: int,
                       extra: Sequence[tuple[str, dict[str, Any]]]) -> list[Path]:
         run = {
             "seed_everything": seed,
-            "data": {"init_args": {"root": str(self.demo.data_root), "seed": seed}},
+            "data": {"init_args": {"root": str(self.data_root), "seed": seed}},
             "trainer": {"enable_progress_bar": True,
                         "logger": {"init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name,
                                                  "version": 0}}},
         }
-        return write_layers(self.out / "configs" / name, f"avp benchmark: {name} on top of {stage.configs}",
+        return write_layers(self.out / "configs" / name, f"{self.steps.prog}: {name} on top of {stage.configs}",
                             [("run", run), ("delta", stage.delta), *extra, ("budget", budget_layer(stage))])
 
-    def _fit(self, title: str, stage: DemoStage, layers: list[Path], run_dir: Path) -> None:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # an unfinished earlier run: start clean, version_0
-        args = ["fit"]
-        for path in [*stage.configs, *map(str, layers)]:
-            args += ["--config", path]
-        self.demo._run(title, args)
-
-    @property
-    def generator_data_root(self) -> Path:
-        return self.demo.data_root if self.config.generator_data is None else self.out / "generator_data"
-
-    def fit_generator(self, gseed: int) -> None:
-        c = self.config
-        layers = self._write_layers(f"generator-seed{gseed}", c.generator, self.generator_run(gseed), gseed, [
+    def generator_layers(self, gseed: int) -> list[Path]:
+        """The config layers the generator of ``gseed`` fits with after its base configs (written under
+        ``OUT/configs``, so that the exact runs are on disk)."""
+        return self._write_layers(f"generator-seed{gseed}", self.config.generator, self.generator_run(gseed), gseed, [
             ("generator", {"model": {"init_args": {"seed": gseed}},
                            "data": {"init_args": {"root": str(self.generator_data_root)}}})])
-        self._fit(f"fit the generator (seed {gseed})", c.generator, layers, self.generator_run(gseed))
 
-    def fit_decoder(self, row: str, seed: int) -> None:
+    def decoder_layers(self, row: str, seed: int) -> list[Path]:
+        """The config layers ``row``'s decoder of ``seed`` fits with after the decoder stage's base configs."""
         c = self.config
         # one bank for every row and seed: its key digests the generator and the sampling settings
         generator = {"model": {"init_args": {
             "generator_ckpt": str(self.generator_ckpt(self.generator_for(seed))), "seed": seed,
             "bank_dir": str(self.out / "point_bank")}}}
-        layers = self._write_layers(f"{row}-seed{seed}", c.decoder, self.decoder_run(row, seed), seed,
-                                    [("row", c.rows[row].delta), ("generator", generator)])
-        self._fit(f"fit the decoder row {row} (seed {seed})", c.decoder, layers, self.decoder_run(row, seed))
+        return self._write_layers(f"{row}-seed{seed}", c.decoder, self.decoder_run(row, seed), seed,
+                                  [("row", c.rows[row].delta), ("generator", generator)])
+
+    def _fit(self, title: str, stage: BenchmarkStage, layers: list[Path], run_dir: Path) -> None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an unfinished earlier run: start clean, version_0
+        args = ["fit"]
+        for path in [*stage.configs, *map(str, layers)]:
+            args += ["--config", path]
+        self.steps.avp(title, args)
+
+    def fit_generator(self, gseed: int) -> None:
+        self._fit(f"fit the generator (seed {gseed})", self.config.generator, self.generator_layers(gseed),
+                  self.generator_run(gseed))
+
+    def fit_decoder(self, row: str, seed: int) -> None:
+        self._fit(f"fit the decoder row {row} (seed {seed})", self.config.decoder, self.decoder_layers(row, seed),
+                  self.decoder_run(row, seed))
 
     def evaluate(self, row: str, seed: int) -> None:
         e = self.config.eval
         points = self.config.rows[row].eval_points
         ckpt = str(self.decoder_ckpt(row, seed))
-        args = ["eval", "--protocol", e.protocol, "--decoder", ckpt, "--data", str(self.demo.data_root),
+        args = ["eval", "--protocol", e.protocol, "--decoder", ckpt, "--data", str(self.data_root),
                 "--out", str(self.eval_dir(row, seed)), "--overwrite", "--no-teacher", "--no-progress"]
         args += ["--points", "none", "--template-decoder", ckpt] if points == "template" else ["--points", points]
         for item in e.overrides:
             args += ["--override", item]
         if e.limit is not None:
             args += ["--limit", str(e.limit)]
-        self.demo._run(f"evaluate {row} (seed {seed})", args)
+        self.steps.avp(f"evaluate {row} (seed {seed})", args)
 
     def image_metrics(self, row: str, seed: int) -> dict[str, float]:
         """The row's image metrics from its evaluation's ``metrics.json`` (NaN where unavailable)."""
@@ -250,7 +451,7 @@ class Benchmark:
         if source_row is None:
             return {}
         per_seed = held_out_point_metrics(
-            data_root=self.demo.data_root, split=c.points.split,
+            data_root=self.data_root, split=c.points.split,
             decoder_ckpts=[self.decoder_ckpt(source_row, s) for s in c.seeds], seeds=c.seeds, taus=c.points.taus,
             temperature=self._temperature())
         out: dict[str, dict[str, list[float]]] = {}
@@ -271,30 +472,25 @@ class Benchmark:
     def run(self, docs: Path | None = None) -> dict[str, Any]:
         c = self.config
         started = time.perf_counter()
-        d = self.demo
-        d._step("data", "synthetic dataset", dataclasses.asdict(c.data), d.synth)
-        data_payload = dataclasses.asdict(c.data)
+        step = self.steps.step
+        step("data", "synthetic dataset", dataclasses.asdict(c.data),
+             lambda: self.synth(c.data, self.data_root, "synthetic dataset"))
         if c.generator_data is not None:
             gd = c.generator_data
-            d._step("generator-data", "synthetic dataset of the generator", dataclasses.asdict(gd),
-                    lambda: d.synth(gd, self.generator_data_root, "synthetic dataset of the generator"))
-            data_payload = {**data_payload, "generator_data": dataclasses.asdict(gd)}
+            step("generator-data", "synthetic dataset of the generator", dataclasses.asdict(gd),
+                 lambda: self.synth(gd, self.generator_data_root, "synthetic dataset of the generator"))
         for g in range(c.generator_seeds):
-            payload = {"spec": dataclasses.asdict(c.generator), "data": data_payload, "seed": g}
-            d._step(f"generator-seed{g}", f"fit the generator (seed {g})", payload,
-                    lambda g=g: self.fit_generator(g))
-        gen_payload = {"generator": dataclasses.asdict(c.generator), "data": data_payload,
-                       "generator_seeds": c.generator_seeds}
+            payload = {"spec": dataclasses.asdict(c.generator), "data": self.data_payload(), "seed": g}
+            step(f"generator-seed{g}", f"fit the generator (seed {g})", payload, lambda g=g: self.fit_generator(g))
         for row in c.rows:
             for seed in c.seeds:
                 trained = c.rows[row].decoder_from or row
-                payload = {"decoder": dataclasses.asdict(c.decoder), "row": dataclasses.asdict(c.rows[trained]),
-                           "seed": seed, **gen_payload}
-                d._step(f"{trained}-seed{seed}", f"fit {trained} (seed {seed})", payload,
-                        lambda r=trained, s=seed: self.fit_decoder(r, s))
+                payload = self.fit_payload(row, seed)
+                step(f"{trained}-seed{seed}", f"fit {trained} (seed {seed})", payload,
+                     lambda r=trained, s=seed: self.fit_decoder(r, s))
                 payload = {**payload, "eval_points": c.rows[row].eval_points}
-                d._step(f"eval-{row}-seed{seed}", f"evaluate {row} (seed {seed})",
-                        {"eval": dataclasses.asdict(c.eval), **payload}, lambda r=row, s=seed: self.evaluate(r, s))
+                step(f"eval-{row}-seed{seed}", f"evaluate {row} (seed {seed})",
+                     {"eval": dataclasses.asdict(c.eval), **payload}, lambda r=row, s=seed: self.evaluate(r, s))
         print("\n==> point metrics of the held-out clouds", flush=True)
         points = self.point_metrics()
         results = self.results(points)
@@ -329,13 +525,13 @@ class Benchmark:
         atomic_write_text(self.out / "table.md", markdown_table(results))
         figures = learning_curves(self.out, list(self.config.rows), self.config.seeds,
                                   list(range(self.config.generator_seeds)))
-        if {"full", "template"} <= set(self.config.rows) and self.config.sheet.subjects > 0:
+        if self.draws_sheet:
             from avp.demo_sheet import contact_sheet
 
             s = self.config.sheet
             print("\n==> contact sheet", flush=True)
             seed = self.config.seeds[0]
-            figures.append(contact_sheet(self.demo.data_root, self.decoder_ckpt("full", seed),
+            figures.append(contact_sheet(self.data_root, self.decoder_ckpt("full", seed),
                                          self.decoder_ckpt("template", seed), self.out / "contact_sheet.png",
                                          subjects=s.subjects, size=s.size, seed=s.seed, split=self.config.points.split))
         if docs is not None:

@@ -29,11 +29,15 @@ def _cell(metric: dict[str, Any] | None, digits: int, scale: float = 1.0) -> str
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """The table of ``results.json``: one line per row, mean ± std over seeds (n in the header)."""
+    """The table of ``results.json``: one line per row, mean ± std over seeds (n in the header); with one seed
+    (``avp demo``) the single values, and the header says there is no spread."""
     rows = results["rows"]
+    seeds = results.get("seeds") or []
     present = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
-    lines = [f"Commit `{results.get('commit')}`; decoder seeds {results.get('seeds')}; "
-             f"{results.get('generator_seeds', 1)} generator seed(s). Mean ± sample std over seeds.", "",
+    spread = ("Mean ± sample std over seeds." if len(seeds) > 1 else
+              "One run per row, so no std: `avp benchmark` repeats each row over seeds.")
+    lines = [f"Commit `{results.get('commit')}`; decoder seeds {seeds}; "
+             f"{results.get('generator_seeds', 1)} generator seed(s). {spread}", "",
              "| Row | " + " | ".join(label for _, label, _ in present) + " |",
              "|---|" + "---|" * len(present)]
     for key, metrics in rows.items():

@@ -27,7 +27,7 @@ LIGHTNING_VERBS = {
 
 # verb -> (module exposing ``main(argv) -> int``, one-line description)
 TOOLS: dict[str, tuple[str, str]] = {
-    "demo": ("avp.demo", "the whole pipeline at toy scale: data, both stages, evaluation, avatars (make demo)"),
+    "demo": ("avp.demo", "the whole pipeline at toy scale: the benchmark rows with one seed, then avatars (make demo)"),
     "benchmark": ("avp.benchmark", "the paper's ablation rows over seeds at toy scale, JSON + table (make benchmark)"),
     "bench": ("avp.bench", "benchmarks that print JSON (avp bench --list)"),
     "data": ("avp.data.cli", "build and check shard datasets: synth, convert, preview, validate, index"),
