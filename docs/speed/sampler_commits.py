@@ -1,0 +1,57 @@
+"""Tokens/s of the sampler of whichever avp is on PYTHONPATH, so that commits can be compared (BENCHMARKS.md, #19).
+
+Usage, for each commit C to compare (the same machine state, one after the other):
+    git worktree add /tmp/avp-C C && cd /tmp/avp-C
+    OMP_NUM_THREADS=1 PYTHONPATH=. python /path/to/avp/docs/speed/sampler_commits.py LABEL THREADS
+One JSON line per (head, batch, mode): the bench model of ``avp bench generator`` (4 x 256, 11,171-token vocabulary,
+128 condition tokens), 1,025 tokens per cloud (no window slide), the best of two samples after a warm-up; ``compiled``
+only where the commit has ``SamplingConfig.compile``.
+"""
+
+import dataclasses
+import json
+import sys
+import time
+
+import torch
+
+from avp.models.generator import GeneratorConfig, PointGenerator
+from avp.models.tokenizer import PointTokenizer
+
+try:
+    from avp.models.sampling import SamplingConfig, sample
+except ImportError:  # before the sampler moved to avp.models
+    from avp.sampling import SamplingConfig, sample
+
+POINTS = 256
+TOKENS = 4 * POINTS + 1
+
+
+def seconds(model: PointGenerator, condition: torch.Tensor, tok: PointTokenizer, config: SamplingConfig) -> float:
+    start = time.perf_counter()
+    sample(model, condition, tok, config, torch.Generator().manual_seed(0))
+    return time.perf_counter() - start
+
+
+def main(label: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    tok = PointTokenizer(torch.tensor([[-0.2, -0.3, -0.2], [0.2, 0.3, 0.25]]), n_faces=10144)
+    fields = {f.name for f in dataclasses.fields(SamplingConfig)}
+    modes = {"eager": {}} | ({"compiled": {"compile": True}} if "compile" in fields else {})
+    for head in ("full", "role"):
+        torch.manual_seed(0)
+        model = PointGenerator(GeneratorConfig(n_layers=4, width=256, n_heads=4, head=head), tok.vocab_size).eval()
+        for batch in (1, 8):
+            condition = torch.randn(batch, 128, 256)
+            for mode, extra in modes.items():
+                config = SamplingConfig(max_points=POINTS, min_points=POINTS, enforce_order=False,
+                                        window=TOKENS + 8, **extra)
+                warm = dataclasses.replace(config, max_points=8, min_points=8)
+                seconds(model, condition, tok, warm)  # compiles the step for this batch size
+                best = min(seconds(model, condition, tok, config) for _ in range(2))
+                print(json.dumps({"version": label, "head": head, "batch": batch, "mode": mode,
+                                  "tokens_per_s": round(batch * TOKENS / best, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 2)
