@@ -411,6 +411,43 @@ def test_the_compiled_step_samples_the_eager_tokens() -> None:
             assert (eager.hidden - compiled.hidden).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("kw", PARITY_CASES, ids=["greedy", "sampled"])
+def test_a_bf16_kv_cache_stores_bf16_and_its_eager_static_and_compiled_steps_agree(kw, monkeypatch) -> None:
+    """``kv_cache_dtype: bfloat16``: the caches (the condition's too) hold bf16 while the model stays fp32; its eager,
+    fixed-shape and compiled steps draw the same tokens (slides, a cloud ending mid-batch), and its hidden states
+    stay within bf16 rounding of each other's and of the fp32 cache's on the same tokens."""
+    model, tok, cond = parity_setup("role")
+    config = SamplingConfig(max_points=25, min_points=3, kv_cache_dtype="bfloat16", **kw)
+    stored = []
+    original = model.decode_state
+
+    def spy() -> list[Tensor]:
+        state = original()
+        stored.extend(t.dtype for t in state)
+        return state
+
+    monkeypatch.setattr(model, "decode_state", spy)
+    eager = sample(model, cond, tok, config, torch.Generator().manual_seed(11))
+    static = sample(model, cond, tok, SamplingConfig(**{**vars(config), "static_step": True}),
+                    torch.Generator().manual_seed(11))
+    compiled = sample(model, cond, tok, SamplingConfig(**{**vars(config), "compile": True}),
+                      torch.Generator().manual_seed(11))
+    assert stored and set(stored) == {torch.bfloat16}
+    assert next(model.parameters()).dtype == torch.float32
+    _eos_mid_batch_and_slides(eager, kw["window"])
+    for other in (static, compiled):
+        assert torch.equal(eager.tokens, other.tokens) and torch.equal(eager.lengths, other.lengths)
+        # bf16 attention over the valid slice (eager) or the whole storage under a mask (static): bf16 rounding
+        assert (eager.hidden - other.hidden).abs().max() <= 1e-2
+    # the same tokens through the fp32 cache: hidden states differ by bf16 rounding of keys and values, no more
+    fp32 = teacher_forced(model, cond, eager.tokens, kw["window"])
+    valid = torch.arange(eager.tokens.shape[1])[None, :] < eager.lengths[:, None] - 1
+    diff = (fp32.hidden - eager.hidden)[valid].abs()
+    assert 0 < diff.max() <= 0.05 * fp32.hidden.abs().max(), diff.max()
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        SamplingConfig(kv_cache_dtype="float16").validate()
+
+
 def test_a_step_that_cannot_compile_fails_with_a_clear_message(monkeypatch) -> None:
     import avp.models.sampling as sampling
 

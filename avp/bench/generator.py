@@ -7,11 +7,12 @@ time to generate a 10k-point avatar with the base configuration.
   context lengths, integrated over 0..N, for the estimated time of the whole generation without a cache (running it
   would take hours). Random weights would exhaust the point order within a few dozen points, so order enforcement is
   off here (grammar masks stay on); ``min_points`` keeps EOS away until N tokens.
-- *decode steps*: the sampler's eager, fixed-shape (``static_step``) and compiled (``compile``) decode steps at batch
-  1 and 8, for the full and the role-factored output head (``--decode-tokens`` tokens each, after a warm-up that
-  compiles), with the bytes each step streams (weights of the trunk and of the head rows it evaluates, KV-cache reads)
-  per token and the achieved GB/s, against a GEMV roofline timed in the same run (the full output matrix times one
-  hidden state: the best a memory-bound batch-1 step can stream here).
+- *decode steps*: the sampler's eager, fixed-shape (``static_step``) and compiled (``compile``) decode steps, and the
+  eager and compiled ones with a bf16 KV cache (``kv_cache_dtype``), at batch 1 and 8, for the full and the
+  role-factored output head (``--decode-tokens`` tokens each, after a warm-up that compiles), with the bytes each
+  step streams (weights of the trunk and of the head rows it evaluates, KV-cache reads) per token and the achieved
+  GB/s, against a GEMV roofline timed in the same run (the full output matrix times one hidden state: the best a
+  memory-bound batch-1 step can stream here).
 - *training*: forward + backward + AdamW step on random windows, target tokens per second.
 - *10k-point avatar* (CUDA only): the base config's Transformer (24 x 1024, 16 heads, FLAME+teeth vocabulary, 773
   condition tokens) samples 10,000 points = 40,002 tokens in bf16 with its 12,000-token window, with the eager and
@@ -88,9 +89,10 @@ def _gemv_roofline(weight: torch.Tensor, device: torch.device) -> float:
 
 
 def _step_bytes(model: PointGenerator, tok: PointTokenizer, batch: int, kv_slots: float, condition_tokens: int,
-                role_head: bool) -> dict[str, float]:
+                role_head: bool, kv_bytes: int | None = None) -> dict[str, float]:
     """Bytes one decode step streams: trunk weights (the condition's key/value projections run once per sample, not
-    per step), the output rows it evaluates (role head: the mean over the four slots) and the KV caches it reads."""
+    per step), the output rows it evaluates (role head: the mean over the four slots) and the KV caches it reads
+    (``kv_bytes`` per element; None: the weights')."""
     size = next(model.parameters()).element_size()
     D = model.config.width
     trunk = sum(p.numel() for name, p in model.named_parameters()
@@ -98,7 +100,7 @@ def _step_bytes(model: PointGenerator, tok: PointTokenizer, batch: int, kv_slots
     L, Fn = tok.levels, tok.n_faces
     head_rows = (3 * L + 1 + Fn) / 4 if role_head else tok.vocab_size
     head = head_rows * D * size
-    kv = model.config.n_layers * 2 * batch * (kv_slots + condition_tokens) * D * size
+    kv = model.config.n_layers * 2 * batch * (kv_slots + condition_tokens) * D * (kv_bytes or size)
     return {"weights": trunk + head, "kv": kv}
 
 
@@ -109,9 +111,12 @@ def _decode_speed(args: Namespace, tok: PointTokenizer, device: torch.device) ->
     window = n_tokens + 8  # no slide: every step is a one-token decode step
     gemv = _gemv_roofline(PointGenerator(GeneratorConfig(n_layers=1, width=args.width, n_heads=args.heads),
                                          tok.vocab_size).to(device).head.weight.detach(), device)
-    modes = {"eager": {}, "static": {"static_step": True}}
+    modes: dict[str, dict[str, Any]] = {"eager": {}, "static": {"static_step": True}}
     if not args.skip_compile:
         modes["compiled"] = {"compile": True}
+    modes["eager, bf16 cache"] = {"kv_cache_dtype": "bfloat16"}
+    if not args.skip_compile:
+        modes["compiled, bf16 cache"] = {"compile": True, "kv_cache_dtype": "bfloat16"}
     rows: list[dict[str, Any]] = []
     for head in ("full", "role"):
         torch.manual_seed(0)
@@ -131,8 +136,10 @@ def _decode_speed(args: Namespace, tok: PointTokenizer, device: torch.device) ->
                 _sync(device)
                 seconds = time.perf_counter() - start
                 step_s = seconds / n_tokens
-                kv_slots = window if mode != "eager" else n_tokens / 2  # static steps read the whole storage
-                streamed = _step_bytes(model, tok, batch, kv_slots, args.condition_tokens, head == "role")
+                # static steps read the whole storage; eager ones the valid half on average
+                kv_slots = n_tokens / 2 if mode.startswith("eager") else window
+                streamed = _step_bytes(model, tok, batch, kv_slots, args.condition_tokens, head == "role",
+                                       kv_bytes=2 if "bf16" in mode else None)
                 rows.append({"head": head, "batch": batch, "mode": mode,
                              "tokens_per_s": round(batch * n_tokens / seconds, 1),
                              "weight_bytes_per_token": round(streamed["weights"] / batch),

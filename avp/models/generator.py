@@ -127,11 +127,13 @@ class PointGenerator(nn.Module):
     def kv_cache_active(self) -> bool:
         return self.blocks[0].attn.cache is not None
 
-    def set_kv_cache(self, batch_size: int, max_len: int) -> None:
-        """Allocate caches for ``batch_size`` sequences of up to ``max_len`` positions, starting at position 0."""
+    def set_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate caches for ``batch_size`` sequences of up to ``max_len`` positions, starting at position 0; keys
+        and values (the condition's too) are stored in ``dtype`` (None: as computed) and attended in it."""
         for block in self.blocks:
-            block.attn.cache = KVCache(batch_size, max_len)
+            block.attn.cache = KVCache(batch_size, max_len, dtype)
             block.cross.cache_condition = True
+            block.cross.cache_dtype = dtype
             block.cross.clear()
 
     def reset_kv_cache(self, start: int = 0) -> None:
@@ -146,6 +148,7 @@ class PointGenerator(nn.Module):
         for block in self.blocks:
             block.attn.cache = None
             block.cross.cache_condition = False
+            block.cross.cache_dtype = None
             block.cross.clear()
 
     def decode_state(self) -> list[Tensor]:

@@ -24,18 +24,27 @@ def fourier_features(x: Tensor, n_frequencies: int) -> Tensor:
     return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, **kw) -> Tensor:
+    """``scaled_dot_product_attention`` in the narrower of the queries' and the keys' dtypes (a bf16 cache is read as
+    stored, not widened), returned in the queries' dtype."""
+    dtype = k.dtype if k.element_size() < q.element_size() else q.dtype
+    return F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), **kw).to(q.dtype)
+
+
 class KVCache:
     """Keys and values of one attention layer for positions ``[start, start + max_len)``.
 
-    Storage is allocated on the first write (device and dtype from the keys, so autocast decoding caches in bf16).
+    Storage is allocated on the first write (device and dtype from the keys, so autocast decoding caches in bf16;
+    ``dtype`` stores them in that dtype instead, e.g. bf16 keys of an fp32 model: half the bytes every step reads).
     ``length`` is how many slots hold valid entries; slot ``i`` holds position ``start + i``.
     """
 
-    def __init__(self, batch_size: int, max_len: int):
+    def __init__(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None):
         if batch_size <= 0 or max_len <= 0:
             raise ValueError(f"KVCache: batch_size and max_len must be positive, got {batch_size}, {max_len}")
         self.batch_size = batch_size
         self.max_len = max_len
+        self.dtype = dtype
         self.start = 0
         self.length = 0
         self.k: Tensor | None = None
@@ -57,11 +66,12 @@ class KVCache:
         if slot + T > self.max_len:
             raise ValueError(f"KVCache: holds {self.max_len} positions from {self.start}; writing "
                              f"{T} at {self.start + slot} overflows it (slide the window with reset_kv_cache)")
-        if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device or self.k.shape[1] != H:
-            self.k = k.new_zeros(B, H, self.max_len, d)
-            self.v = v.new_zeros(B, H, self.max_len, d)
-        self.k[:, :, slot : slot + T] = k
-        self.v[:, :, slot : slot + T] = v
+        dtype = self.dtype or k.dtype
+        if self.k is None or self.k.dtype != dtype or self.k.device != k.device or self.k.shape[1] != H:
+            self.k = k.new_zeros(B, H, self.max_len, d, dtype=dtype)
+            self.v = v.new_zeros(B, H, self.max_len, d, dtype=dtype)
+        self.k[:, :, slot : slot + T] = k.to(dtype)
+        self.v[:, :, slot : slot + T] = v.to(dtype)
         self.length = slot + T
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
@@ -99,7 +109,7 @@ class SelfAttention(nn.Module):
                 mask = torch.arange(k.shape[2], device=x.device)[None, :] <= qs  # [T, S]
                 causal = False
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and mask is None)
+        y = attend(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and mask is None)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
     def decode_step(self, x: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor,
@@ -118,7 +128,7 @@ class SelfAttention(nn.Module):
         k_cache[:, :, slot] = k.to(k_cache.dtype)
         v_cache[:, :, slot] = v.to(v_cache.dtype)
         mask = (torch.arange(k_cache.shape[2], device=x.device) <= slot)[None, None, None, :]  # [1, 1, 1, S]
-        y = F.scaled_dot_product_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=mask)
+        y = attend(q, k_cache, v_cache, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -139,6 +149,8 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(width, width)
         self.dropout = dropout
         self.cache_condition = False
+        self.cache_dtype: torch.dtype | None = None
+        """Dtype the cached condition keys/values are stored in (None: as computed)."""
         self._cached: tuple[Tensor, Tensor] | None = None
 
     def clear(self) -> None:
@@ -154,11 +166,13 @@ class CrossAttention(nn.Module):
             C = condition.shape[1]
             k, v = self.kv(condition).view(B, C, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             if self.cache_condition:
+                if self.cache_dtype is not None:
+                    k, v = k.to(self.cache_dtype), v.to(self.cache_dtype)
                 self._cached = (k, v)
         if k.shape[0] != B:
             raise ValueError(f"cross-attention: condition batch {k.shape[0]} does not match token batch {B}")
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), dropout_p=drop)
+        y = attend(q, k, v, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
     @property
@@ -171,7 +185,7 @@ class CrossAttention(nn.Module):
         so a compiled step takes them as inputs)."""
         B, T, D = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
-        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+        y = attend(q, k, v)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 

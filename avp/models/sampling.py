@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,11 @@ class SamplingConfig:
     """Tokens kept when the context slides (0: half the window); a smaller value slides less often."""
     use_kv_cache: bool = True
     """Decode with the KV cache (False recomputes every context in full: the benchmark baseline)."""
+    kv_cache_dtype: Literal["auto", "bfloat16"] = "auto"
+    """Dtype the KV cache stores keys and values in, and attention runs in: ``auto`` as the model computes them
+    (fp32, or bf16 under autocast); ``bfloat16`` halves the bytes every decode step reads from the cache, which is
+    what batched sampling of long clouds spends its time on (BENCHMARKS.md), at the cost of bf16 attention: hidden
+    states change in the third decimal, so near-tied draws can differ from the fp32 cache's."""
     bind_nearest: int = 0
     """Restrict each point's face token to the ``k`` faces whose centres (on the subject's canonical mesh) are
     nearest to the point just sampled (0: any face, the paper's setting). An extension of ours: it keeps a point from
@@ -124,6 +130,8 @@ class SamplingConfig:
             raise ValueError(f"sampling: keep must be in [4, window) or 0, got {self.keep}")
         if self.bind_nearest < 0:
             raise ValueError(f"sampling: bind_nearest must be >= 0, got {self.bind_nearest}")
+        if self.kv_cache_dtype not in ("auto", "bfloat16"):
+            raise ValueError(f"sampling: kv_cache_dtype must be 'auto' or 'bfloat16', got {self.kv_cache_dtype!r}")
         if (self.static_step or self.compile) and not self.use_kv_cache:
             raise ValueError("sampling: static_step and compile decode with the KV cache (use_kv_cache: true)")
 
@@ -387,7 +395,9 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
 
     was_training = model.training
     model.eval()
-    if config.use_kv_cache:
+    if config.use_kv_cache and config.kv_cache_dtype == "bfloat16":
+        model.set_kv_cache(B, config.window, torch.bfloat16)
+    elif config.use_kv_cache:
         model.set_kv_cache(B, config.window)
     try:
         ctx_start = 0  # first position of the model's context

@@ -5,7 +5,7 @@ Usage, for each commit C to compare (the same machine state, one after the other
     OMP_NUM_THREADS=1 PYTHONPATH=. python /path/to/avp/docs/speed/sampler_commits.py LABEL THREADS
 One JSON line per (head, batch, mode): the bench model of ``avp bench generator`` (4 x 256, 11,171-token vocabulary,
 128 condition tokens), 1,025 tokens per cloud (no window slide), the best of two samples after a warm-up; ``compiled``
-only where the commit has ``SamplingConfig.compile``.
+only where the commit has ``SamplingConfig.compile``, the bf16 cache where it has ``kv_cache_dtype``.
 """
 
 import dataclasses
@@ -38,6 +38,9 @@ def main(label: str, threads: int) -> None:
     tok = PointTokenizer(torch.tensor([[-0.2, -0.3, -0.2], [0.2, 0.3, 0.25]]), n_faces=10144)
     fields = {f.name for f in dataclasses.fields(SamplingConfig)}
     modes = {"eager": {}} | ({"compiled": {"compile": True}} if "compile" in fields else {})
+    if "kv_cache_dtype" in fields:
+        modes |= {"eager, bf16 cache": {"kv_cache_dtype": "bfloat16"},
+                  "compiled, bf16 cache": {"compile": True, "kv_cache_dtype": "bfloat16"}}
     for head in ("full", "role"):
         torch.manual_seed(0)
         model = PointGenerator(GeneratorConfig(n_layers=4, width=256, n_heads=4, head=head), tok.vocab_size).eval()
