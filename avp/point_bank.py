@@ -11,10 +11,10 @@ sampled once per training subject and cached on disk:
 - ``key`` is a digest of everything the clouds depend on: the generator's weights (its state dict, content-hashed),
   its tokenizer and head model, the sampling configuration, the bank seed and the number of samples per subject, so
   re-running reuses the bank and a different generator or sampling setting uses a fresh folder;
-- each subject's ``samples`` clouds are sampled in one batched, KV-cached call with a ``torch.Generator`` seeded from
-  the bank seed and the subject id (:func:`subject_seed`). ``torch.multinomial`` takes one generator per call, so a
-  per-subject seed means one call per subject: a subject's clouds never depend on which batch, rank or order it
-  arrived in (on the same device type and precision);
+- subjects' clouds are sampled in batched, KV-cached calls, each cloud drawing from its own ``torch.Generator``
+  seeded from the bank seed, the subject id (:func:`subject_seed`) and its index: a subject's clouds never depend on
+  which batch, rank or order it arrived in (on the same device type and precision, up to the floating-point effects
+  of batched matrix products);
 - an entry keeps the sampled **tokens** as well as the points: features are recomputed teacher-forced from the tokens
   by the current frozen generator (the features of sampled tokens equal the teacher-forced features of the same
   tokens), so the bank stays small and never stores hidden states.
