@@ -73,7 +73,7 @@ def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Seq
     from avp.checkpoints import load_avatar_model
     from avp.data.schema import teacher_cloud
     from avp.data.synthetic.generate import resample_teacher
-    from avp.types import HeadParams
+    from avp.types import Cameras, HeadParams
 
     samples = held_out_subjects(data_root, split)
     if not samples:
@@ -93,7 +93,8 @@ def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Seq
             shape = torch.from_numpy(np.asarray(sample.head["shape"], dtype=np.float32))[None]
             subject_seed = seed * 1_000_003 + zlib.crc32(sample.meta["subject"].encode())
             gen = torch.Generator(device=device).manual_seed(subject_seed)
-            condition = model.encode_condition(portrait, head)
+            camera = Cameras.from_arrays(sample.portrait_camera, batched=True)
+            condition = model.encode_condition(portrait, head, portrait_camera=camera)
             out = model.generator.sample(condition, sampling, gen, shape=shape)
             n = int(out.n_points[0])
             per_source["generated"].append(cloud_metrics(out.points[0, :n], out.binding[0, :n], target,

@@ -41,7 +41,7 @@ from torch import Tensor
 from avp.atomic import atomic_open, atomic_write_json
 from avp.models.avatar import AvatarModel, PointInputs
 from avp.models.sampling import SamplingConfig
-from avp.types import AvatarBatch, HeadParams
+from avp.types import AvatarBatch, Cameras, HeadParams
 
 log = logging.getLogger(__name__)
 
@@ -285,9 +285,11 @@ class PointBank:
 
 @torch.no_grad()
 def bank_entries(model: AvatarModel, bank: PointBank, seed: int, subjects: list[str], portrait: Tensor,
-                 portrait_head: HeadParams, shape: Tensor, static_offset: Tensor | None = None) -> list[BankEntry]:
+                 portrait_head: HeadParams, shape: Tensor, static_offset: Tensor | None = None,
+                 portrait_camera: Cameras | None = None) -> list[BankEntry]:
     """The bank's clouds of ``subjects`` (portraits ``[B, 3, H, W]``, their head parameters ``[B]``, identities
-    ``[B, S]``, tracked static offsets ``[B, V, 3]`` or None); subjects not in the bank yet are sampled now from
+    ``[B, S]``, tracked static offsets ``[B, V, 3]`` or None, the portraits' cameras ``Ks [B, 1, 3, 3]`` or None);
+    subjects not in the bank yet are sampled now from
     ``model``'s generator (``bank.samples`` clouds each in one call, cloud ``k`` seeded by
     ``subject_seed(seed, subject) + k``: what :func:`fill_bank` stores) and stored.
     A new subject's condition is encoded alone: the mesh condition's eval-mode surface sampling draws ``[B, n]``
@@ -297,7 +299,8 @@ def bank_entries(model: AvatarModel, bank: PointBank, seed: int, subjects: list[
     def build(i: int, subject: str) -> BankEntry:
         one = slice(i, i + 1)
         offset = None if static_offset is None else static_offset[one]
-        condition = model.encode_condition(portrait[one], portrait_head.map(lambda t: t[one]), offset)
+        camera = None if portrait_camera is None else portrait_camera.map(lambda t: t[one])
+        condition = model.encode_condition(portrait[one], portrait_head.map(lambda t: t[one]), offset, camera)
         return sample_entries(model.generator, condition, shape[one], model.sampling, bank.samples,
                               [subject_seed(seed, subject)], offset)[0]
 
@@ -328,7 +331,8 @@ def fill_bank(model: AvatarModel, bank: PointBank, seed: int, samples: Iterable[
             head = HeadParams.from_dict({k: torch.as_tensor(v)[None] for k, v in sample.portrait_head.items()})
             offset = sample.head.get("static_offset")
             offset = None if offset is None else torch.as_tensor(offset, dtype=torch.float32)[None].to(device)
-            conditions.append(model.encode_condition(portrait.to(device), head.to(device), offset))
+            camera = Cameras.from_arrays(sample.portrait_camera, batched=True).to(device)
+            conditions.append(model.encode_condition(portrait.to(device), head.to(device), offset, camera))
             shapes.append(torch.as_tensor(sample.head["shape"], dtype=torch.float32)[None])
             offsets.append(offset)
         subjects = [sample.meta["subject"] for sample in todo]

@@ -154,6 +154,15 @@ class Cameras(TensorContainer):
         if int(self.width) <= 0 or int(self.height) <= 0:
             raise ValueError(f"Cameras: width and height must be positive, got {self.width}x{self.height}")
 
+    @classmethod
+    def from_arrays(cls, arrays: Any, batched: bool = False) -> Cameras:
+        """Cameras of a decoded shard sample's arrays (``Ks [V, 3, 3]``, ``viewmats [V, 4, 4]``, ``width``,
+        ``height``: :class:`avp.data.layout.CameraArrays`), with a leading batch dimension of 1 when ``batched``."""
+        Ks, viewmats = torch.as_tensor(arrays.Ks), torch.as_tensor(arrays.viewmats)
+        if batched:
+            Ks, viewmats = Ks[None], viewmats[None]
+        return cls(Ks=Ks, viewmats=viewmats, width=int(arrays.width), height=int(arrays.height))
+
     def camera_centers(self) -> Tensor:
         """``[..., V, 3]`` camera centres in world coordinates."""
         R = self.viewmats[..., :3, :3]

@@ -110,9 +110,7 @@ def source_from_sample(sample: Any) -> SourceClip:
         shape=torch.from_numpy(np.asarray(sample.head["shape"])).float()[None],
         teacher=teacher_cloud(sample.gaussians),
         binding=torch.from_numpy(sample.gaussians.binding.astype(np.int64))[None],
-        portrait_camera=Cameras(Ks=torch.from_numpy(sample.portrait_camera.Ks)[None],
-                                viewmats=torch.from_numpy(sample.portrait_camera.viewmats)[None],
-                                width=sample.portrait_camera.width, height=sample.portrait_camera.height),
+        portrait_camera=Cameras.from_arrays(sample.portrait_camera, batched=True),
         meta=meta,
         static_offset=torch.from_numpy(np.asarray(sample.head["static_offset"])).float()[None]
         if "static_offset" in sample.head else None,

@@ -289,9 +289,11 @@ class DecoderModule(LightningModule):
         :mod:`avp.lit.ranks`).
         """
         B = batch.batch_size
-        condition = self.model.encode_condition(batch.portrait, batch.portrait_head, batch.static_offset)
+        condition = self.model.encode_condition(batch.portrait, batch.portrait_head, batch.static_offset,
+                                                batch.portrait_camera)
         entries = bank_entries(self.model, self.point_bank, self.hparams.bank_seed, list(batch.subject),
-                               batch.portrait, batch.portrait_head, batch.head.shape, batch.static_offset)
+                               batch.portrait, batch.portrait_head, batch.head.shape, batch.static_offset,
+                               batch.portrait_camera)
         if use_teacher is None:  # (no draw when there is nothing to choose: the global RNG stream is left alone)
             use_teacher = torch.rand(B) < self.points_mix if self.points_mix > 0 else torch.zeros(B, dtype=torch.bool)
         if draw is None:

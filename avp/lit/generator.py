@@ -154,7 +154,8 @@ class GeneratorModule(LightningModule):
     def _tokens_and_condition(self, batch: AvatarBatch) -> tuple[Tensor, Tensor, Tensor]:
         teacher = batch.teacher
         tokens, lengths = self.net.teacher_tokens(teacher.means, batch.binding, teacher.valid_mask())
-        condition = self.net.encode_condition(batch.portrait, batch.portrait_head, batch.static_offset)
+        condition = self.net.encode_condition(batch.portrait, batch.portrait_head, batch.static_offset,
+                                            batch.portrait_camera)
         return tokens, lengths, condition
 
     def training_step(self, batch: AvatarBatch, batch_idx: int) -> Tensor:

@@ -195,7 +195,7 @@ def generator_predictions(module: Any, batch: AvatarBatch) -> list[GeneratedClou
     others go on."""
     seed = int(module.hparams.seed)
     offset = batch.static_offset  # [B, V, 3] tracked subjects' (mesh tokens and nearest faces on it), or None
-    condition = module.net.encode_condition(batch.portrait, batch.portrait_head, offset)
+    condition = module.net.encode_condition(batch.portrait, batch.portrait_head, offset, batch.portrait_camera)
     generators = [torch.Generator(device=condition.device).manual_seed(seed) for _ in batch.subject]
     s = module.net.sample(condition, module.val_sampling, generators, shape=batch.portrait_head.shape,
                           static_offset=offset)

@@ -277,11 +277,12 @@ class AvatarModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- points
     @torch.no_grad()
-    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams,
-                         static_offset: Tensor | None = None) -> Tensor:
+    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams, static_offset: Tensor | None = None,
+                         portrait_camera: Cameras | None = None) -> Tensor:
         """Condition tokens ``[B, C, D]`` of the frozen generator (portrait ``[B, 3, H, W]`` + its head fit, on the
-        subjects' tracked mesh when ``static_offset [B, V, 3]`` is given)."""
-        return self.generator.encode_condition(portrait, portrait_head, static_offset)
+        subjects' tracked mesh when ``static_offset [B, V, 3]`` is given; the portrait's camera for pixel-aligned
+        mesh tokens)."""
+        return self.generator.encode_condition(portrait, portrait_head, static_offset, portrait_camera)
 
     def template_cloud(self, shape: Tensor, static_offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The template points on each subject's neutral head (``shape [B, S]``, ``static_offset [B, V, 3]`` or
@@ -316,14 +317,14 @@ class AvatarModel(nn.Module):
             on_step: progress of the sampling, ``on_step(position, max_position)`` (see
                 :func:`avp.models.sampling.sample`).
             portrait_camera: the portrait's camera (``Ks [B, 1, 3, 3]`` or ``[B, 3, 3]``); required when the decoder's
-                ``appearance`` is ``pixel``.
+                ``appearance`` is ``pixel`` or the condition's mesh tokens are pixel-aligned.
             static_offset: ``[B, V, 3]`` the subjects' tracked per-vertex offsets (part of their neutral meshes: the
                 condition's mesh tokens, nearest-face sampling, the template points and the rig use them), or None.
         """
         if points not in POINT_SOURCES:
             raise ValueError(f"DecoderModule: points must be one of {POINT_SOURCES}, got {points!r}")
         shape = portrait_head.shape if shape is None else shape
-        condition = self.encode_condition(portrait, portrait_head, static_offset)
+        condition = self.encode_condition(portrait, portrait_head, static_offset, portrait_camera)
         if points == "generated":
             cfg = self.sampling if sampling is None else dataclasses.replace(sampling, window=self.feature_window)
             out = self.generator.sample(condition, cfg, generator, on_step, shape=shape, static_offset=static_offset)

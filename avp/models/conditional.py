@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from avp.models.encoders import ConditionConfig, ConditionEncoder, condition_vertices
+from avp.models.encoders import ConditionConfig, ConditionEncoder, PortraitView, condition_vertices
 from avp.models.generator import GeneratorConfig, GeneratorOutput, PointGenerator, point_features
 from avp.models.sampling import SampleOutput, SamplingConfig, sample, teacher_forced
 from avp.models.tokenizer import PointTokenizer, TokenizerConfig
-from avp.types import HeadParams
+from avp.types import Cameras, HeadParams
 
 
 class ConditionalPointGenerator(nn.Module):
@@ -50,14 +50,22 @@ class ConditionalPointGenerator(nn.Module):
             head.to(device)
         return head
 
-    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams,
-                         static_offset: Tensor | None = None) -> Tensor:
+    def encode_condition(self, portrait: Tensor, portrait_head: HeadParams, static_offset: Tensor | None = None,
+                         portrait_camera: Cameras | None = None) -> Tensor:
         """``portrait [B, 3, H, W]`` in 0..1 and its head parameters ``[B]`` -> condition tokens ``[B, C, D]``; the
-        mesh tokens come from the subjects' tracked mesh when ``static_offset [B, V, 3]`` is given."""
+        mesh tokens come from the subjects' tracked mesh when ``static_offset [B, V, 3]`` is given. The portrait's
+        camera (``Ks [B, 1, 3, 3]`` or ``[B, 3, 3]``) is needed by pixel-aligned mesh tokens (``mesh.pixel_lifts``)
+        and ignored otherwise."""
         head = self._head_on(portrait.device)
-        vertices = condition_vertices(head, portrait_head.to(portrait.device), self.condition.config.mesh.space,
-                                      static_offset)
-        return self.condition(portrait, vertices, head.faces)
+        portrait_head = portrait_head.to(portrait.device)
+        vertices = condition_vertices(head, portrait_head, self.condition.config.mesh.space, static_offset)
+        view = None
+        if self.condition.pixel_aligned and portrait_camera is not None:
+            B = portrait.shape[0]
+            posed = condition_vertices(head, portrait_head, "portrait", static_offset)
+            view = PortraitView(portrait, posed, portrait_camera.Ks.reshape(B, 3, 3).to(posed),
+                                portrait_camera.viewmats.reshape(B, 4, 4).to(posed))
+        return self.condition(portrait, vertices, head.faces, view)
 
     def teacher_tokens(self, means: Tensor, binding: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Teacher clouds ``[B, N, 3]`` (faces ``[B, N]``, ``mask [B, N]``) -> ``tokens [B, L]``, ``lengths [B]``."""

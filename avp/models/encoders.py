@@ -9,6 +9,11 @@
   tokenizer's box, Fourier features of position plus the surface normal, a linear embedding and a few bidirectional
   Transformer blocks; one token per sampled point.
 - :class:`ConditionEncoder`: both, each plus its type embedding, concatenated ``[image tokens, mesh tokens]``.
+
+With ``mesh.pixel_lifts`` (an extension of ours, off by default) every mesh token also reads the portrait where its
+point, and copies of it lifted along the surface normal, project with the portrait's camera
+(:class:`PortraitView`): the geometry the portrait shows (how far hair reaches beyond the scalp) arrives in the tokens
+without the image encoder having to learn to see it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avp.models.layers import EncoderBlock, fourier_features, init_transformer_weights
+from avp.models.pixel_aligned import pixel_feature_dim, pixel_features
 from avp.types import HeadParams
 
 # arch name -> timm model name (without / with 4 registers)
@@ -85,6 +91,18 @@ class MeshEncoderConfig:
     ``portrait``: the head as estimated for the portrait (expression and pose included)."""
     eval_seed: int = 0
     """Seed of the surface sampling in eval mode (training samples fresh points each step: augmentation)."""
+    pixel_lifts: tuple[float, ...] = ()
+    """Pixel-aligned mesh tokens (an extension of ours; empty: off, the paper's condition): offsets in metres along
+    the surface normal (0 = on the surface) at which each token's point, posed as in the portrait, is projected with
+    the portrait's camera and the portrait is sampled (:func:`avp.models.pixel_aligned.pixel_features`). Needs the
+    portrait's camera wherever the condition is encoded."""
+    pixel_levels: int = 2
+    """Pyramid levels of the pixel-aligned colours (with ``pixel_lifts``)."""
+
+    def __post_init__(self) -> None:
+        self.pixel_lifts = tuple(float(d) for d in self.pixel_lifts)
+        if self.pixel_levels < 1:
+            raise ValueError(f"mesh encoder: pixel_levels must be >= 1, got {self.pixel_levels}")
 
 
 @dataclass
@@ -304,6 +322,31 @@ class ImageEncoder(nn.Module):
         return self.proj(feats)
 
 
+def surface_samples(vertices: Tensor, faces: Tensor, n: int, generator: torch.Generator | None = None
+                    ) -> tuple[Tensor, Tensor]:
+    """Area-weighted uniform samples on triangle meshes as ``face [B, n]`` indices and barycentric weights
+    ``[B, n, 3]`` (``vertices [B, V, 3]``, shared ``faces [F, 3]``; ``generator`` on the vertices' device), so that
+    the same samples can be placed on another pose of the meshes (:func:`surface_points`)."""
+    tri = vertices[:, faces]  # [B, F, 3, 3]
+    area = torch.linalg.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]).norm(dim=-1)  # [B, F]
+    if not bool((area.sum(-1) > 0).all()):
+        raise ValueError("sample_surface: a mesh has zero total area")
+    face = torch.multinomial(area.float(), n, replacement=True, generator=generator)  # [B, n]
+    uv = torch.rand(vertices.shape[0], n, 2, device=vertices.device, dtype=vertices.dtype, generator=generator)
+    su = uv[..., 0].sqrt()
+    return face, torch.stack([1 - su, su * (1 - uv[..., 1]), su * uv[..., 1]], dim=-1)
+
+
+def surface_points(vertices: Tensor, faces: Tensor, face: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Samples ``face [B, n]``, ``weights [B, n, 3]`` on meshes ``vertices [B, V, 3]`` -> ``points [B, n, 3]`` and
+    the unit ``normals [B, n, 3]`` of their triangles."""
+    corners = vertices[:, faces]  # [B, F, 3, 3]
+    corners = torch.gather(corners, 1, face[..., None, None].expand(-1, -1, 3, 3))  # [B, n, 3, 3]
+    points = (weights[..., None] * corners).sum(-2)
+    normals = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0])
+    return points, F.normalize(normals, dim=-1)
+
+
 def sample_surface(vertices: Tensor, faces: Tensor, n: int, generator: torch.Generator | None = None
                    ) -> tuple[Tensor, Tensor]:
     """Area-weighted uniform samples on triangle meshes.
@@ -315,19 +358,22 @@ def sample_surface(vertices: Tensor, faces: Tensor, n: int, generator: torch.Gen
     Returns:
         ``points [B, n, 3]`` and unit ``normals [B, n, 3]`` (of the sampled triangles).
     """
-    tri = vertices[:, faces]  # [B, F, 3, 3]
-    cross = torch.linalg.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0])  # [B, F, 3]
-    area = cross.norm(dim=-1)  # [B, F] (twice the area)
-    if not bool((area.sum(-1) > 0).all()):
-        raise ValueError("sample_surface: a mesh has zero total area")
-    face = torch.multinomial(area.float(), n, replacement=True, generator=generator)  # [B, n]
-    uv = torch.rand(vertices.shape[0], n, 2, device=vertices.device, dtype=vertices.dtype, generator=generator)
-    su = uv[..., 0].sqrt()
-    w = torch.stack([1 - su, su * (1 - uv[..., 1]), su * uv[..., 1]], dim=-1)  # [B, n, 3] barycentric
-    corners = torch.gather(tri, 1, face[..., None, None].expand(-1, -1, 3, 3))  # [B, n, 3, 3]
-    points = (w[..., None] * corners).sum(-2)
-    normals = torch.gather(cross, 1, face[..., None].expand(-1, -1, 3))
-    return points, F.normalize(normals, dim=-1)
+    face, weights = surface_samples(vertices, faces, n, generator)
+    return surface_points(vertices, faces, face, weights)
+
+
+@dataclass
+class PortraitView:
+    """What pixel-aligned mesh tokens read: the portrait, the head mesh as posed in it, and the portrait's camera."""
+
+    image: Tensor
+    """``[B, 3, H, W]`` in 0..1."""
+    vertices: Tensor
+    """``[B, V, 3]`` the head mesh posed as in the portrait (the camera's world space)."""
+    Ks: Tensor
+    """``[B, 3, 3]`` pixel intrinsics of the portrait (of its ``H x W``)."""
+    viewmats: Tensor
+    """``[B, 4, 4]`` world-to-camera."""
 
 
 class MeshPointEncoder(nn.Module):
@@ -344,23 +390,45 @@ class MeshPointEncoder(nn.Module):
         bounds = torch.as_tensor(bounds, dtype=torch.float32)
         self.register_buffer("center", (bounds[0] + bounds[1]) / 2)
         self.register_buffer("half_extent", (bounds[1] - bounds[0]) / 2)
-        self.embed = nn.Linear(3 + 6 * config.n_frequencies + 3, out_dim)
+        self.pixel_dim = len(config.pixel_lifts) * pixel_feature_dim(config.pixel_levels)
+        self.embed = nn.Linear(3 + 6 * config.n_frequencies + 3 + self.pixel_dim, out_dim)
         self.blocks = nn.ModuleList(EncoderBlock(out_dim, config.n_heads) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(out_dim)
         init_transformer_weights(self, max(config.n_layers, 1))
 
-    def forward(self, vertices: Tensor, faces: Tensor) -> Tensor:
+    def forward(self, vertices: Tensor, faces: Tensor, view: PortraitView | None = None) -> Tensor:
+        """``vertices [B, V, 3]`` (the mesh the tokens live on), ``faces [F, 3]`` and, with ``pixel_lifts``, the
+        portrait ``view`` -> ``[B, n_points, out_dim]``."""
         if vertices.ndim != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"MeshPointEncoder: vertices must be [B, V, 3], got {tuple(vertices.shape)}")
         generator = None
         if not self.training:
             generator = torch.Generator(device=vertices.device).manual_seed(self.config.eval_seed)
-        points, normals = sample_surface(vertices.float(), faces, self.config.n_points, generator)
+        face, weights = surface_samples(vertices.float(), faces, self.config.n_points, generator)
+        points, normals = surface_points(vertices.float(), faces, face, weights)
         unit = (points - self.center) / self.half_extent  # the tokenizer's box -> [-1, 1]
-        x = self.embed(torch.cat([fourier_features(unit, self.config.n_frequencies), normals], dim=-1))
+        parts = [fourier_features(unit, self.config.n_frequencies), normals]
+        if self.pixel_dim:
+            parts.append(self._pixel(view, faces, face, weights))
+        x = self.embed(torch.cat(parts, dim=-1))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def _pixel(self, view: PortraitView | None, faces: Tensor, face: Tensor, weights: Tensor) -> Tensor:
+        """The portrait at the samples posed as in it, lifted by each of ``pixel_lifts``: ``[B, n, pixel_dim]``."""
+        if view is None:
+            raise ValueError("condition: mesh.pixel_lifts needs the portrait's camera (portrait_camera) wherever the "
+                             "condition is encoded; shards carry it in portrait_camera.npz")
+        B, n = face.shape
+        if view.vertices.shape[0] != B:
+            raise ValueError(f"condition: the portrait view has {view.vertices.shape[0]} meshes for {B} portraits")
+        posed, normals = surface_points(view.vertices.float(), faces, face, weights)  # [B, n, 3] x 2
+        mask = torch.ones(B, n, dtype=torch.bool, device=posed.device)
+        Ks, viewmats = view.Ks.reshape(B, 3, 3).float(), view.viewmats.reshape(B, 4, 4).float()
+        return torch.cat([pixel_features(view.image, posed + lift * normals, mask, Ks, viewmats,
+                                         levels=self.config.pixel_levels)
+                          for lift in self.config.pixel_lifts], dim=-1)
 
 
 def condition_vertices(head_model: nn.Module, portrait_head: HeadParams, space: str = "canonical",
@@ -400,11 +468,17 @@ class ConditionEncoder(nn.Module):
         return (self.image.n_tokens if self.image is not None else 0) + (
             self.config.mesh.n_points if self.mesh is not None else 0)
 
-    def forward(self, portrait: Tensor, vertices: Tensor, faces: Tensor) -> Tensor:
-        """``portrait [B, 3, H, W]``, head mesh ``vertices [B, V, 3]`` and ``faces [F, 3]`` -> ``[B, C, width]``."""
+    @property
+    def pixel_aligned(self) -> bool:
+        """Whether the mesh tokens read the portrait (``mesh.pixel_lifts``): encoding needs a :class:`PortraitView`."""
+        return self.mesh is not None and self.mesh.pixel_dim > 0
+
+    def forward(self, portrait: Tensor, vertices: Tensor, faces: Tensor, view: PortraitView | None = None) -> Tensor:
+        """``portrait [B, 3, H, W]``, head mesh ``vertices [B, V, 3]`` and ``faces [F, 3]`` (and the portrait ``view``
+        for pixel-aligned mesh tokens) -> ``[B, C, width]``."""
         parts = []
         if self.image is not None:
             parts.append(self.image(portrait) + self.type_embedding.weight[0])
         if self.mesh is not None:
-            parts.append(self.mesh(vertices, faces) + self.type_embedding.weight[1])
+            parts.append(self.mesh(vertices, faces, view) + self.type_embedding.weight[1])
         return torch.cat(parts, dim=1)
