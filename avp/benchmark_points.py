@@ -57,6 +57,21 @@ def held_out_subjects(data_root: str | Path, split: str) -> list[Any]:
             for raw in iter_raw_samples(ref)]
 
 
+def portrait_inputs(samples: Sequence[Any]) -> tuple[torch.Tensor, Any, torch.Tensor, Any]:
+    """Decoded shard samples -> what the generator's condition and sampling take, stacked: ``portrait [B, 3, H, W]``
+    in 0..1, its head parameters ``[B]``, identities ``shape [B, S]`` and the portrait cameras (``Ks [B, 1, 3, 3]``)."""
+    from avp.types import Cameras, HeadParams
+
+    portrait = torch.stack([torch.from_numpy(np.ascontiguousarray(s.portrait)).permute(2, 0, 1) for s in samples])
+    head = HeadParams.from_dict({k: np.stack([np.asarray(s.portrait_head[k]) for s in samples])
+                                 for k in samples[0].portrait_head})
+    shape = torch.stack([torch.from_numpy(np.asarray(s.head["shape"], dtype=np.float32)) for s in samples])
+    cameras = [Cameras.from_arrays(s.portrait_camera, batched=True) for s in samples]
+    camera = Cameras(Ks=torch.cat([c.Ks for c in cameras]), viewmats=torch.cat([c.viewmats for c in cameras]),
+                     width=cameras[0].width, height=cameras[0].height)
+    return portrait.float() / 255, head, shape, camera
+
+
 @torch.no_grad()
 def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Sequence[str | Path],
                            seeds: Sequence[int], taus: Sequence[float],

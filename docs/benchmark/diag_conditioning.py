@@ -14,12 +14,11 @@ import zlib
 import numpy as np
 import torch
 
-from avp.benchmark_points import held_out_subjects
+from avp.benchmark_points import held_out_subjects, portrait_inputs
 from avp.checkpoints import build_generator, load_generator_state, read_generator_checkpoint
 from avp.data.schema import teacher_cloud
 from avp.metrics.point_cloud import f_score, nearest_neighbors
 from avp.models.sampling import SamplingConfig
-from avp.types import HeadParams
 
 CROWN = 0.12
 SAMPLING = SamplingConfig(max_points=250, min_points=100, bind_nearest=16, window=832, temperature=0.8)
@@ -31,13 +30,11 @@ def main(ckpt: str, root: str, split: str) -> None:
     load_generator_state(net, state, ckpt)
     net.eval()
     samples = held_out_subjects(root, split)
-    portrait = torch.stack([torch.from_numpy(np.ascontiguousarray(s.portrait)).permute(2, 0, 1) for s in samples])
-    head = HeadParams.from_dict({k: np.stack([np.asarray(s.portrait_head[k]) for s in samples])
-                                 for k in samples[0].portrait_head})
-    shape = torch.stack([torch.from_numpy(np.asarray(s.head["shape"], dtype=np.float32)) for s in samples])
+    portrait, head, shape, camera = portrait_inputs(samples)
     generators = [torch.Generator().manual_seed(zlib.crc32(s.meta["subject"].encode())) for s in samples]
     with torch.no_grad():
-        out = net.sample(net.encode_condition(portrait.float() / 255, head), SAMPLING, generators, shape=shape)
+        condition = net.encode_condition(portrait, head, portrait_camera=camera)
+        out = net.sample(condition, SAMPLING, generators, shape=shape)
     teacher_top, generated_top, hair_recall, fscore = [], [], [], []
     for i, sample in enumerate(samples):
         target = teacher_cloud(sample.gaussians).means[0]

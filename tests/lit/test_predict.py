@@ -196,7 +196,7 @@ def test_generator_predictions_sample_the_batch_in_one_call_each_cloud_as_if_alo
     params = HeadParams.zeros(B, n_shape=head.n_shape, n_expr=head.n_expr)
     params.shape = 0.5 * torch.randn(B, head.n_shape, generator=g)
     batch = SimpleNamespace(portrait=torch.rand(B, 3, 32, 32, generator=g), portrait_head=params,
-                            static_offset=None, subject=["a", "b", "c"])
+                            static_offset=None, portrait_camera=None, subject=["a", "b", "c"])
     sampling = SamplingConfig(max_points=40, min_points=1, bind_nearest=4, enforce_order=False)
     module = SimpleNamespace(net=net, val_sampling=sampling, hparams=SimpleNamespace(seed=7))
     clouds = generator_predictions(module, batch)
