@@ -236,41 +236,6 @@ def test_bind_nearest_binds_every_point_to_one_of_its_k_nearest_faces(k, enforce
         prev = None
 
 
-def _sphere_faces(n: int, radius: float) -> tuple[Tensor, Tensor]:
-    """``n`` face centres on a sphere (a Fibonacci lattice, nearly uniform) and their outward normals ``[1, n, 3]``."""
-    i = torch.arange(n, dtype=torch.float32) + 0.5
-    y = 1 - 2 * i / n
-    r = (1 - y**2).sqrt()
-    phi = i * torch.pi * (3 - 5**0.5)
-    normals = torch.stack([r * torch.cos(phi), y, r * torch.sin(phi)], -1)[None]
-    return normals * radius, normals
-
-
-def test_the_shell_keeps_every_point_between_its_depths_around_the_surface() -> None:
-    """Random logits (which put most of their mass off the surface) around a sphere of radius 0.5 with 4,000 face
-    centres (neighbours ~2.8 cm apart): every point with a z in the shell lies in it, up to the faces' spacing."""
-    tok = PointTokenizer(BOUNDS * 0.7, n_faces=4000, levels=64)
-    centers, normals = _sphere_faces(4000, 0.5)
-    config = SamplingConfig(max_points=100, min_points=100, enforce_order=False, shell=(0.02, 0.1))
-    model = RandomLogits(tok.vocab_size, tok.eos_id, -20.0, 0)
-    out = sample(model, torch.zeros(1, 2, 3), tok, config, torch.Generator().manual_seed(0), face_centers=centers,
-                 face_normals=normals)
-    check_valid(out, tok, config, False)
-    radius = out.points[0, : int(out.n_points[0])].norm(dim=-1)
-    # a point whose x, y leave no z in the shell (outside the sphere's reach) keeps every z: those are the exceptions
-    reach = out.points[0, : int(out.n_points[0]), :2].norm(dim=-1) <= 0.6 - 0.05
-    assert reach.sum() >= 30
-    assert ((radius[reach] > 0.5 - 0.02 - 0.02) & (radius[reach] < 0.5 + 0.1 + 0.02)).all()
-    plain = sample(RandomLogits(tok.vocab_size, tok.eos_id, -20.0, 0), torch.zeros(1, 2, 3), tok,
-                   dataclasses.replace(config, shell=None), torch.Generator().manual_seed(0))
-    plain_radius = plain.points[0, : int(plain.n_points[0])].norm(dim=-1)
-    assert ((plain_radius < 0.46) | (plain_radius > 0.62)).float().mean() > 0.5  # without it most points miss
-    with pytest.raises(ValueError, match=r"shell=\(0.02, 0.1\) needs face_normals"):
-        sample(model, torch.zeros(1, 2, 3), tok, config, face_centers=centers)
-    with pytest.raises(ValueError, match="shell must be null or"):
-        SamplingConfig(shell=(-0.1, 0.1)).validate()
-
-
 def test_bind_nearest_needs_face_centers() -> None:
     tok = PointTokenizer(BOUNDS, n_faces=4, levels=4)
     model = RandomLogits(tok.vocab_size, tok.eos_id, 0.0, 0)

@@ -89,26 +89,20 @@ class ConditionalPointGenerator(nn.Module):
     def face_centers(self, shape: Tensor, static_offset: Tensor | None = None) -> Tensor:
         """``shape [B, S]`` -> centres ``[B, F, 3]`` of the head model's faces on each canonical (neutral) mesh, plus
         the subjects' ``static_offset [B, V, 3]`` when given (their tracked neutral mesh)."""
-        return self.face_frames(shape, static_offset)[0]
-
-    def face_frames(self, shape: Tensor, static_offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """:meth:`face_centers` and the faces' unit normals ``[B, F, 3]`` on the same meshes."""
         head = self._head_on(shape.device)
-        corners = head.canonical(shape, static_offset)[:, head.faces]  # [B, F, 3, 3]
-        normals = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0])
-        return corners.mean(-2), torch.nn.functional.normalize(normals, dim=-1)
+        vertices = head.canonical(shape, static_offset)  # [B, V, 3]
+        return vertices[:, head.faces].mean(-2)  # [B, F, 3]
 
     def sample(self, condition: Tensor, config: SamplingConfig | None = None,
                generator: torch.Generator | Sequence[torch.Generator] | None = None,
                on_step: Callable[[int, int], None] | None = None, shape: Tensor | None = None,
                static_offset: Tensor | None = None) -> SampleOutput:
         """Sample one cloud per condition (see :func:`avp.models.sampling.sample`); ``shape [B, S]`` is the subjects'
-        identity, needed when ``config.bind_nearest > 0`` or ``config.shell`` is set, and ``static_offset [B, V, 3]``
-        their tracked per-vertex offsets (the nearest faces and the shell are then those of the offset mesh), or
-        None."""
-        centers = normals = None
-        if config is not None and (config.bind_nearest > 0 or config.shell is not None):
+        identity, needed when ``config.bind_nearest > 0``, and ``static_offset [B, V, 3]`` their tracked per-vertex
+        offsets (the nearest faces are then those of the offset mesh), or None."""
+        centers = None
+        if config is not None and config.bind_nearest > 0:
             if shape is None:
-                raise ValueError("sample: sampling.bind_nearest > 0 and sampling.shell need the subjects' shape")
-            centers, normals = self.face_frames(shape.to(condition.device, torch.float32), static_offset)
-        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers, normals)
+                raise ValueError("sample: sampling.bind_nearest > 0 needs the subjects' shape")
+            centers = self.face_centers(shape.to(condition.device, torch.float32), static_offset)
+        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers)

@@ -101,13 +101,6 @@ class SamplingConfig:
     nearest to the point just sampled (0: any face, the paper's setting). An extension of ours: it keeps a point from
     being bound to a far-away triangle, which would make it fly off under animation, when the model has seen too few
     examples to learn the binding (toy-scale training); needs the face centres at sampling time."""
-    shell: tuple[float, float] | None = None
-    """``(inside, outside)`` metres: keep every point within a shell around the subject's canonical head mesh. A
-    point's z (its last coordinate) is drawn among the levels whose point lies at most ``inside`` behind and at most
-    ``outside`` away from the surface (signed distance along the normal of the nearest face centre; the euclidean
-    distance to it). None: anywhere in the box, the paper's setting. An extension of ours: trained briefly, the
-    generator places some points inside the neck or far in front of the face, where no teacher point ever is
-    (EXPERIMENTS.md, exp14); needs the face centres and normals at sampling time."""
     static_step: bool = False
     """Decode single tokens with the model's fixed-shape step (the KV cache's whole storage under a mask, no host
     syncs inside the step, end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the
@@ -137,8 +130,6 @@ class SamplingConfig:
             raise ValueError(f"sampling: keep must be in [4, window) or 0, got {self.keep}")
         if self.bind_nearest < 0:
             raise ValueError(f"sampling: bind_nearest must be >= 0, got {self.bind_nearest}")
-        if self.shell is not None and (len(self.shell) != 2 or not all(d >= 0 for d in self.shell)):
-            raise ValueError(f"sampling: shell must be null or (inside, outside) metres >= 0, got {self.shell}")
         if self.kv_cache_dtype not in ("auto", "bfloat16"):
             raise ValueError(f"sampling: kv_cache_dtype must be 'auto' or 'bfloat16', got {self.kv_cache_dtype!r}")
         if (self.static_step or self.compile) and not self.use_kv_cache:
@@ -295,22 +286,6 @@ def _restrict_to_nearest_faces(allowed: Tensor, point: Tensor, face_centers: Ten
     return torch.where(narrowed.any(-1, keepdim=True), narrowed, allowed)
 
 
-def _restrict_to_shell(allowed: Tensor, tokenizer: PointTokenizer, xy: Tensor, face_centers: Tensor,
-                       face_normals: Tensor, shell: tuple[float, float]) -> Tensor:
-    """``allowed [B, L]`` (a z slot's levels) narrowed to the levels whose point ``(x, y, z)`` (``xy [B, 2]`` levels
-    just drawn) lies within ``shell = (inside, outside)`` metres of the surface the faces sample; a row left with no
-    level keeps its unrestricted set."""
-    B, R = allowed.shape
-    z = torch.arange(R, device=allowed.device)[None].expand(B, R)
-    points = tokenizer.dequantize(torch.stack([xy[:, None, 0].expand(B, R), xy[:, None, 1].expand(B, R), z], -1))
-    points = points.to(face_centers.dtype)  # [B, R, 3]
-    distance, nearest = torch.cdist(points, face_centers).min(-1)  # [B, R]
-    index = nearest[..., None].expand(-1, -1, 3)
-    signed = ((points - face_centers.gather(1, index)) * face_normals.gather(1, index)).sum(-1)  # [B, R]
-    narrowed = allowed & (signed >= -shell[0]) & (distance <= shell[1])
-    return torch.where(narrowed.any(-1, keepdim=True), narrowed, allowed)
-
-
 def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
     """One token per row of ``probs [B, V]`` by inverse CDF: one uniform per row, from the one generator (or the
     global one) or, with ``B`` generators, each row's from its own, so that a row's tokens do not depend on the other
@@ -357,7 +332,6 @@ def sample(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     face_centers: Tensor | None = None,
-    face_normals: Tensor | None = None,
 ) -> SampleOutput:
     """Sample one cloud per condition (under ``torch.no_grad``: nothing returned carries a graph).
 
@@ -371,31 +345,24 @@ def sample(
             condition (each cloud then draws only from its own: see :func:`draw_tokens`).
         on_step: called as ``on_step(position, max_position)`` after every step (progress bars).
         face_centers: ``[B, F, 3]`` centres of the head model's faces on each subject's canonical mesh; required
-            when ``config.bind_nearest > 0`` or ``config.shell`` is set.
-        face_normals: ``[B, F, 3]`` their unit outward normals; required when ``config.shell`` is set.
+            when ``config.bind_nearest > 0``.
     """
     config = config or SamplingConfig()
     config.validate()
     with torch.no_grad():
-        return _sample(model, condition, tokenizer, config, generator, on_step, face_centers, face_normals)
+        return _sample(model, condition, tokenizer, config, generator, on_step, face_centers)
 
 
 def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer, config: SamplingConfig,
             generator: torch.Generator | Sequence[torch.Generator] | None, on_step: Callable[[int, int], None] | None,
-            face_centers: Tensor | None, face_normals: Tensor | None) -> SampleOutput:
+            face_centers: Tensor | None) -> SampleOutput:
     B = condition.shape[0]
     device = condition.device
     L, F_ = tokenizer.levels, tokenizer.n_faces
-    needs = [name for name, on in ((f"bind_nearest={config.bind_nearest}", config.bind_nearest > 0),
-                                    (f"shell={config.shell}", config.shell is not None)) if on]
-    wanted = [("face_centers", face_centers)] if needs else []
-    if config.shell is not None:
-        wanted.append(("face_normals", face_normals))
-    for name, value in wanted:
-        if value is None or value.shape != (B, F_, 3):
-            got = None if value is None else tuple(value.shape)
-            verb = "needs" if len(needs) == 1 else "need"
-            raise ValueError(f"sampling: {' and '.join(needs)} {verb} {name} [B, F, 3] = [{B}, {F_}, 3], got {got}")
+    if config.bind_nearest > 0 and (face_centers is None or face_centers.shape != (B, F_, 3)):
+        got = None if face_centers is None else tuple(face_centers.shape)
+        raise ValueError(f"sampling: bind_nearest={config.bind_nearest} needs face_centers [B, F, 3] = [{B}, {F_}, 3], "
+                         f"got {got}")
     enforce = config.enforce_order and tokenizer.sorted
     priority = tokenizer.priority if enforce else (0, 1, 2, 3)
     maxima = (L - 1, L - 1, L - 1, F_ - 1)
@@ -492,8 +459,6 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
             # local index j is token role_tokens[role][j], in vocabulary order, so argmax ties and cumulative sums
             # are those of the full vocabulary under the mask
             allowed = local[role][None, :] >= thr[:, None]  # [B, R]: coordinates / faces from the order threshold
-            if role == 2 and config.shell is not None:
-                allowed = _restrict_to_shell(allowed, tokenizer, cur[:, :2], face_centers, face_normals, config.shell)
             if role == 3 and config.bind_nearest > 0:
                 allowed = _restrict_to_nearest_faces(allowed, tokenizer.dequantize(cur[:, :3]), face_centers,
                                                      config.bind_nearest)
