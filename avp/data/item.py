@@ -6,7 +6,9 @@ fitting is shared with evaluation and the dataset converters, which must frame i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,14 +106,41 @@ def to_float(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _builtin_head() -> Any:
+    from avp.head import load_head_model
+
+    return load_head_model()
+
+
+def resampled_teacher(meta: dict[str, Any], rng: np.random.Generator) -> Any:
+    """A fresh surface sampling of a synthetic subject's teacher (:func:`avp.data.synthetic.generate.
+    resample_teacher`, draw chosen with ``rng``; draw 1, the evaluation's resampled teacher, is never drawn).
+    Needs a subject written by ``avp data synth`` with the built-in head; anything else raises ``ValueError``."""
+    from avp.data.synthetic.generate import resample_teacher
+    from avp.head import BUILTIN_NAME
+
+    if meta.get("head_model") != BUILTIN_NAME:
+        raise ValueError(f"data: resample_teacher needs synthetic subjects of the built-in head ({BUILTIN_NAME}); "
+                         f"subject {meta.get('subject')!r} was written with {meta.get('head_model')!r}")
+    try:
+        return resample_teacher(meta, _builtin_head(), draw=int(rng.integers(2, 2**31)))
+    except ValueError as e:
+        raise ValueError(f"data: resample_teacher: {e}") from e
+
+
 def sample_to_item(raw: dict[str, bytes], rng: np.random.Generator, *, frames_per_sample: int,
                    views_per_sample: int, image_size: int | None,
-                   expect: ShardExpectation | None = None) -> ClipItem:
+                   expect: ShardExpectation | None = None, resample_teacher: float = 0.0,
+                   teacher_rng: np.random.Generator | None = None) -> ClipItem:
     """Decode one raw sample, drawing ``frames_per_sample`` frames and ``views_per_sample`` views with ``rng``
     (``meta.json`` is parsed once, here); ``image_size``: square size of the frames (pad to square with the clip's
     background, then resize), None keeps them. No frame is decoded when either count is 0. ``expect``: what the
     manifest says about the sample's shard (checked against ``meta.json``). Every member the item uses is validated
-    (:func:`avp.data.schema.decode_sample`); a problem raises ``ShardError``."""
+    (:func:`avp.data.schema.decode_sample`); a problem raises ``ShardError``. ``resample_teacher``: the probability
+    that the item's teacher is a fresh surface sampling of the subject instead of the shard's
+    (:func:`resampled_teacher`), drawn with ``teacher_rng`` (default ``rng``; a stream of its own leaves every other
+    draw as it is without resampling)."""
     shard = raw.get("__shard__", b"").decode() or None
     meta = decode_meta(raw, shard=shard, expect=expect)
     decode_frames = frames_per_sample > 0 and views_per_sample > 0
@@ -139,6 +168,9 @@ def sample_to_item(raw: dict[str, bytes], rng: np.random.Generator, *, frames_pe
             masks = masks.new_zeros(*masks.shape[:2], 1, size, size) if masks is not None else None
         H = W = size
     g = s.gaussians
+    teacher_rng = rng if teacher_rng is None else teacher_rng
+    if resample_teacher > 0 and teacher_rng.random() < resample_teacher:
+        g = resampled_teacher(meta, teacher_rng)
     return ClipItem(
         key=s.key, subject=meta["subject"], head_model=meta["head_model"],
         portrait=to_float(s.portrait),

@@ -70,6 +70,11 @@ class StreamConfig:
     skip_corrupt: bool = False
     """Skip and count corrupt samples instead of raising."""
     seed: int = 0
+    resample_teacher: float = 0.0
+    """Training only: the probability that a sample's teacher is replaced by a fresh surface sampling of the same
+    synthetic subject (:func:`avp.data.item.resampled_teacher`). An augmentation of ours for the generator on
+    synthetic data: every visit of a subject shows another draw of its point distribution instead of the one draw
+    the shard holds."""
 
 
 def distributed_info() -> tuple[int, int]:
@@ -257,13 +262,16 @@ class ClipStream(IterableDataset):
                 counter.handle(e, samples=sum(mine(i) for i in rest))
 
     def _decode(self, raw: dict[str, bytes], rng: np.random.Generator, counter: CorruptCounter,
-                samples: int = 1) -> ClipItem | None:
-        """The item of ``raw``, or None when it is corrupt (counted as ``samples`` skips: the times it was wanted)."""
+                samples: int = 1, teacher_rng: np.random.Generator | None = None) -> ClipItem | None:
+        """The item of ``raw``, or None when it is corrupt (counted as ``samples`` skips: the times it was wanted).
+        ``teacher_rng``: the training stream's draws of resampled teachers (None: the shard's teacher)."""
         shard = raw.get("__shard__", b"").decode()
         try:
             return sample_to_item(raw, rng, frames_per_sample=self.cfg.frames_per_sample,
                                   views_per_sample=self.cfg.views_per_sample, image_size=self.cfg.image_size,
-                                  expect=self._expects.get(shard))
+                                  expect=self._expects.get(shard),
+                                  resample_teacher=self.cfg.resample_teacher if teacher_rng is not None else 0.0,
+                                  teacher_rng=teacher_rng)
         except ShardError as e:
             counter.handle(e, samples=samples)
             return None
@@ -282,6 +290,7 @@ class ClipStream(IterableDataset):
         seed = _seed(self.cfg.seed, epoch, self.rank, worker)
         rng_py = random.Random(seed)
         rng = np.random.default_rng(seed)
+        teacher_rng = np.random.default_rng(_seed(self.cfg.seed, epoch, self.rank, worker, "teacher"))
         quota = self._train_quota()
         produced = 0
         while produced < quota:
@@ -295,7 +304,7 @@ class ClipStream(IterableDataset):
                 stream = wds.shuffle(bufsize=buffer, initial=buffer, rng=rng_py)(stream)
             got_any = False
             for raw in stream:
-                item = self._decode(raw, rng, counter)
+                item = self._decode(raw, rng, counter, teacher_rng=teacher_rng)
                 if item is None:
                     continue
                 got_any = True

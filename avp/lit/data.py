@@ -101,6 +101,9 @@ class AvatarDataModule(LightningDataModule):
             evaluation loader whose pass yields no sample at all fails too, naming the last errors.
         pin_memory, persistent_workers: as in ``torch.utils.data.DataLoader``.
         seed: drives shard order, the shuffle buffer and the frame/view draws.
+        resample_teacher: training only, the probability that a sample's teacher is replaced by a fresh surface
+            sampling of the same synthetic subject (built-in head only; an augmentation of ours for the generator:
+            :attr:`avp.data.stream.StreamConfig.resample_teacher`).
 
     The training stream's position (the epoch of the pass, which with ``seed`` fixes the order, and the batches of
     it already trained) is saved in checkpoints (:meth:`state_dict`) and restored on resume: a resumed run continues
@@ -112,13 +115,15 @@ class AvatarDataModule(LightningDataModule):
                  batch_size: int = 4, num_workers: int = 2, frames_per_sample: int = 1, views_per_sample: int = 4,
                  image_size: int | None = None, shuffle_buffer: int = 64, samples_per_epoch: int | None = None,
                  skip_corrupt: bool = False, max_corrupt_fraction: float = 0.01, pin_memory: bool = False,
-                 persistent_workers: bool = False, seed: int = 0) -> None:
+                 persistent_workers: bool = False, seed: int = 0, resample_teacher: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         if frames_per_sample < 0 or views_per_sample < 0:
             raise ValueError("frames_per_sample and views_per_sample must be >= 0")
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        if not 0 <= resample_teacher <= 1:
+            raise ValueError(f"data: resample_teacher must be a probability in [0, 1], got {resample_teacher}")
         self.root = root
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -127,7 +132,7 @@ class AvatarDataModule(LightningDataModule):
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers and num_workers > 0
         self.config = StreamConfig(frames_per_sample=frames_per_sample, views_per_sample=views_per_sample,
                                    image_size=image_size, shuffle_buffer=shuffle_buffer, skip_corrupt=skip_corrupt,
-                                   seed=seed)
+                                   seed=seed, resample_teacher=resample_teacher)
         self._shards: dict[str, list[ShardRef]] = {}
         self._manifest: Manifest | None = None
         self._head_model: str | None = None
