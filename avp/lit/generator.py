@@ -162,12 +162,13 @@ class GeneratorModule(LightningModule):
         tokens, lengths, condition = self._tokens_and_condition(batch)
         inputs, targets, positions = training_windows(tokens, lengths, self.train_window, self.tokenizer.pad_id)
         transformer, tok = self.net.transformer, self.tokenizer
+        seen = self.net.drop_condition(condition)  # classifier-free guidance's null condition, when trained
         if transformer.config.head == "role":  # softmax over each slot's role only, no [B, T, vocab] logits
-            out = transformer(inputs, condition, positions, return_logits=False)
+            out = transformer(inputs, seen, positions, return_logits=False)
             loss = role_cross_entropy(out.hidden, transformer.head.weight, targets, positions, tok.levels, tok.n_faces,
                                       tok.pad_id)
         else:
-            out = self.net(inputs, condition, positions)
+            out = self.net(inputs, seen, positions)
             loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=tok.pad_id)
         B = tokens.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)

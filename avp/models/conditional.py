@@ -42,6 +42,11 @@ class ConditionalPointGenerator(nn.Module):
         self.tokenizer = PointTokenizer.from_config(tokenizer, bounds, int(head_model.n_faces))
         self.condition = ConditionEncoder(condition, model.width, bounds)
         self.transformer = PointGenerator(model, self.tokenizer.vocab_size)
+        if not 0 <= condition.guidance_dropout < 1:
+            raise ValueError(f"condition: guidance_dropout must be in [0, 1), got {condition.guidance_dropout}")
+        # the learned null condition of classifier-free guidance: one token, repeated to the condition's length
+        self.null_condition = (nn.Parameter(torch.randn(1, 1, model.width) * 0.02)
+                               if condition.guidance_dropout > 0 else None)
 
     def _head_on(self, device: torch.device) -> nn.Module:
         head = self.head_model
@@ -66,6 +71,22 @@ class ConditionalPointGenerator(nn.Module):
             view = PortraitView(portrait, posed, portrait_camera.Ks.reshape(B, 3, 3).to(posed),
                                 portrait_camera.viewmats.reshape(B, 4, 4).to(posed))
         return self.condition(portrait, vertices, head.faces, view)
+
+    def null_like(self, condition: Tensor) -> Tensor:
+        """The learned null condition in the shape of ``condition [B, C, D]``; a generator trained without
+        ``condition.guidance_dropout`` has none (ValueError)."""
+        if self.null_condition is None:
+            raise ValueError("classifier-free guidance needs a generator trained with condition.guidance_dropout > 0 "
+                             "(this one has no null condition); sample with guidance: 1")
+        return self.null_condition.to(condition.dtype).expand_as(condition)
+
+    def drop_condition(self, condition: Tensor) -> Tensor:
+        """Training: each sample's condition ``[B, C, D]`` replaced by the null condition with probability
+        ``condition.guidance_dropout`` (the global RNG draws; unchanged without a null condition)."""
+        if self.null_condition is None:
+            return condition
+        drop = torch.rand(condition.shape[0], device=condition.device) < self.condition.config.guidance_dropout
+        return torch.where(drop[:, None, None], self.null_like(condition), condition)
 
     def teacher_tokens(self, means: Tensor, binding: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Teacher clouds ``[B, N, 3]`` (faces ``[B, N]``, ``mask [B, N]``) -> ``tokens [B, L]``, ``lengths [B]``."""
@@ -105,4 +126,5 @@ class ConditionalPointGenerator(nn.Module):
             if shape is None:
                 raise ValueError("sample: sampling.bind_nearest > 0 needs the subjects' shape")
             centers = self.face_centers(shape.to(condition.device, torch.float32), static_offset)
-        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers)
+        null = self.null_like(condition) if config is not None and config.guidance != 1 else None
+        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers, null)

@@ -117,6 +117,10 @@ class ConditionConfig:
     """Include the image tokens (ablation switch)."""
     use_mesh: bool = True
     """Include the mesh tokens (ablation switch)."""
+    guidance_dropout: float = 0.0
+    """Probability, in training, that a sample's condition is replaced by a learned null condition, so that the
+    generator also learns the unconditional distribution that classifier-free guidance (``sampling.guidance``) steers
+    away from (0: no null condition, the paper's setting). An extension of ours."""
 
 
 # --------------------------------------------------------------------------------------------------- weight files
