@@ -117,6 +117,25 @@ def test_fit_logs_losses_accuracy_cloud_metrics_and_a_picture_and_checkpoints_re
     assert not any(k.startswith("net.head_model") for k in torch.load(last, weights_only=True)["state_dict"])
 
 
+def test_a_fit_with_guidance_dropout_trains_the_null_condition_and_validates_guided(tmp_path) -> None:
+    head = load_head_model()
+    torch.manual_seed(0)
+    condition = ConditionConfig(image=ImageEncoderConfig(arch="tiny", image_size=64, freeze=False),
+                                mesh=MeshEncoderConfig(n_points=32, n_layers=1, n_heads=4), guidance_dropout=0.5)
+    module = tiny_module(condition=condition, val_sampling=SamplingConfig(max_points=40, guidance=2.0))
+    null_before = module.net.null_condition.detach().clone()
+    data = MemoryData([make_batch(head, 4, 20, s) for s in range(2)], [make_batch(head, 2, 20, 9)], head.name)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=4, logger=False, num_sanity_val_steps=0,
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    assert not torch.equal(module.net.null_condition.detach(), null_before)  # the null condition was trained
+    assert math.isfinite(float(trainer.callback_metrics["val/chamfer"]))  # guided clouds were sampled
+    restored = GeneratorModule.load_from_checkpoint(tmp_path / "last.ckpt")
+    assert torch.equal(restored.net.null_condition, module.net.null_condition)
+    assert restored.val_sampling.guidance == 2.0
+
+
 def test_the_module_overfits_one_cloud_and_greedy_sampling_gives_it_back() -> None:
     """Fitted (through the Trainer) on one 12-point cloud, the module memorises it: teacher-forced loss a small
     fraction of its start and of log(vocab), every token role predicted exactly, and greedy sampling emits the
