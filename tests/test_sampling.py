@@ -236,53 +236,6 @@ def test_bind_nearest_binds_every_point_to_one_of_its_k_nearest_faces(k, enforce
         prev = None
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spacing=st.floats(0.05, 1.5), enforce=st.booleans(), seed=st.integers(0, 2**16))
-def test_min_spacing_keeps_points_apart_unless_no_level_can(spacing, enforce, seed) -> None:
-    tok = PointTokenizer(BOUNDS, n_faces=3, levels=6)
-    gen = torch.Generator().manual_seed(seed)
-    model = RandomLogits(tok.vocab_size, tok.eos_id, -20.0, seed)
-    config = SamplingConfig(max_points=20, min_points=20, enforce_order=enforce, min_spacing=spacing)
-    out = sample(model, torch.zeros(2, 2, 3), tok, config, gen)
-    check_valid(out, tok, config, enforce)
-    levels = tok.dequantize(torch.arange(tok.levels)[:, None].expand(-1, 3))[:, 2]  # [L] z of each level
-    for b in range(2):
-        rows = tok.decode_rows(out.tokens[b])  # [n, 4] levels and faces
-        pts = out.points[b, : int(out.n_points[b])]
-        for i in range(1, len(pts)):
-            if torch.cdist(pts[i][None], pts[:i]).min() >= spacing:
-                continue
-            # too near an earlier point only where the order's allowed levels were all too near
-            column = pts[i].expand(tok.levels, 3).clone()
-            column[:, 2] = levels
-            far = torch.cdist(column, pts[:i]).amin(-1) >= spacing
-            if enforce:  # and only among the levels the order allowed at that slot
-                thr = order_threshold(rows[i - 1][None], torch.ones(1, dtype=torch.bool), rows[i][None], 2,
-                                      tok.priority, (tok.levels - 1,) * 3 + (tok.n_faces - 1,))
-                far &= torch.arange(tok.levels) >= int(thr[0])
-            assert not far.any(), (b, i)
-
-
-def test_min_spacing_spreads_clouds_and_zero_changes_nothing() -> None:
-    tok = PointTokenizer(BOUNDS, n_faces=3, levels=8)
-    config = SamplingConfig(max_points=12, min_points=12, enforce_order=False)
-    base = sample(RandomLogits(tok.vocab_size, tok.eos_id, -20.0, 3), torch.zeros(4, 2, 3), tok, config,
-                  torch.Generator().manual_seed(3))
-    spread = sample(RandomLogits(tok.vocab_size, tok.eos_id, -20.0, 3), torch.zeros(4, 2, 3), tok,
-                    dataclasses.replace(config, min_spacing=0.6), torch.Generator().manual_seed(3))
-    tiny = sample(RandomLogits(tok.vocab_size, tok.eos_id, -20.0, 3), torch.zeros(4, 2, 3), tok,
-                  dataclasses.replace(config, min_spacing=0.0), torch.Generator().manual_seed(3))
-    assert torch.equal(base.tokens, tiny.tokens)
-
-    def nearest(points: Tensor) -> float:
-        d = torch.cdist(points, points) + torch.eye(points.shape[1]) * 9
-        return float(d.amin(-1).mean())
-
-    assert nearest(spread.points) > nearest(base.points)
-    with pytest.raises(ValueError, match="min_spacing must be >= 0"):
-        SamplingConfig(min_spacing=-0.1).validate()
-
-
 def test_bind_nearest_needs_face_centers() -> None:
     tok = PointTokenizer(BOUNDS, n_faces=4, levels=4)
     model = RandomLogits(tok.vocab_size, tok.eos_id, 0.0, 0)

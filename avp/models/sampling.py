@@ -106,12 +106,6 @@ class SamplingConfig:
     are ``l_null + w (l_cond - l_null)``, with ``l_null`` from the generator's learned null condition (trained with
     ``condition.guidance_dropout > 0``): ``w > 1`` follows the portrait more closely. An extension of ours; doubles
     the batch the Transformer runs."""
-    min_spacing: float = 0.0
-    """Smallest distance (metres) a point may have to the cloud's earlier points (0: no limit, the paper's setting).
-    An extension of ours: at each point's last coordinate slot the levels that would put it nearer than this to an
-    earlier point are masked, unless that leaves no level, so clouds spread like blue noise instead of clumping and
-    leaving holes the way independent surface samples do. Measured at toy scale in docs/benchmark/EXPERIMENTS.md
-    (exp18)."""
     static_step: bool = False
     """Decode single tokens with the model's fixed-shape step (the KV cache's whole storage under a mask, no host
     syncs inside the step, end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the
@@ -143,8 +137,6 @@ class SamplingConfig:
             raise ValueError(f"sampling: bind_nearest must be >= 0, got {self.bind_nearest}")
         if not self.guidance >= 0:
             raise ValueError(f"sampling: guidance must be >= 0 (1: no guidance), got {self.guidance}")
-        if not self.min_spacing >= 0:
-            raise ValueError(f"sampling: min_spacing must be >= 0 (metres), got {self.min_spacing}")
         if self.kv_cache_dtype not in ("auto", "bfloat16"):
             raise ValueError(f"sampling: kv_cache_dtype must be 'auto' or 'bfloat16', got {self.kv_cache_dtype!r}")
         if (self.static_step or self.compile) and not self.use_kv_cache:
@@ -310,23 +302,6 @@ def _guide(logits: Tensor, B: int, scale: float) -> Tensor:
     return null + scale * (cond - null)
 
 
-def _keep_spacing(allowed: Tensor, cur: Tensor, levels: Tensor, placed: Tensor, n_points: Tensor,
-                  tokenizer: PointTokenizer, spacing: float) -> Tensor:
-    """``allowed [B, L]`` (a z slot's levels) without the levels that put the point (its ``x, y`` in ``cur [B, 4]``)
-    within ``spacing`` metres of one of the cloud's earlier points (``placed [B, N, 3]``, the first ``n_points [B]``
-    of each row); a row left with no level keeps its unrestricted set."""
-    B, L = allowed.shape
-    n = int(n_points.max())
-    if n == 0:
-        return allowed
-    q = torch.stack([cur[:, 0, None].expand(B, L), cur[:, 1, None].expand(B, L), levels.expand(B, L)], -1)
-    candidates = tokenizer.dequantize(q).to(placed)  # [B, L, 3]
-    dist = torch.cdist(candidates, placed[:, :n])  # [B, L, n]
-    dist = dist.masked_fill(torch.arange(n, device=dist.device) >= n_points[:, None, None], float("inf"))
-    narrowed = allowed & (dist.amin(-1) >= spacing)
-    return torch.where(narrowed.any(-1, keepdim=True), narrowed, allowed)
-
-
 def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
     """One token per row of ``probs [B, V]`` by inverse CDF: one uniform per row, from the one generator (or the
     global one) or, with ``B`` generators, each row's from its own, so that a row's tokens do not depend on the other
@@ -448,9 +423,6 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
     step_slot = torch.zeros(1, dtype=torch.long, device=device)
     step_token = torch.zeros(B_run, 1, dtype=torch.long, device=device)
     state: list[Tensor] = []
-    # the cloud's points so far (min_spacing): [B, max_points, 3], row b valid below n_points[b]
-    placed = torch.zeros(B, config.max_points if config.min_spacing > 0 else 0, 3, device=device)
-    levels = torch.arange(L, device=device)
 
     was_training = model.training
     model.eval()
@@ -523,8 +495,6 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
             if role == 3 and config.bind_nearest > 0:
                 allowed = _restrict_to_nearest_faces(allowed, tokenizer.dequantize(cur[:, :3]), face_centers,
                                                      config.bind_nearest)
-            if role == 2 and config.min_spacing > 0:
-                allowed = _keep_spacing(allowed, cur, levels, placed, n_points, tokenizer, config.min_spacing)
             if role == 0:  # x slots end with EOS (local index L)
                 no_next_point = thr > maxima[0]
                 allowed[:, L] = (n_points >= config.min_points) | no_next_point
@@ -546,9 +516,6 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
             cur[:, role] = nxt - L if role == 3 else nxt
             if role == 3:
                 live = ~done
-                if config.min_spacing > 0:
-                    rows_live = live.nonzero().flatten()
-                    placed[rows_live, n_points[rows_live]] = tokenizer.dequantize(cur[rows_live, :3]).to(placed)
                 prev = torch.where(live[:, None], cur, prev)
                 n_points += live.long()
             pos += 1
