@@ -446,8 +446,8 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
                 if graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 try:
-                    # fixed strides: a slice's depend on max_points
-                    step_token.copy_(tokens[:, pos : pos + 1].repeat(B_run // B, 1))
+                    # a copy into fixed strides (a slice's depend on max_points); guided, into both halves at once
+                    step_token.view(B_run // B, B, 1).copy_(tokens[:, pos : pos + 1])
                     last_hidden = step_fn(model, step_token, step_pos, step_slot, state)
                 except Exception as e:
                     if not config.compile:
@@ -461,7 +461,9 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
                 logits_full = None
             else:
                 positions = torch.arange(first, pos + 1, device=device)
-                inputs = tokens[:, first : pos + 1].repeat(B_run // B, 1)
+                inputs = tokens[:, first : pos + 1]
+                if guided:
+                    inputs = inputs.repeat(2, 1)
                 if role_head:
                     out = model(inputs, condition, positions, return_logits=False)
                 else:
