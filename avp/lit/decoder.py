@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor, nn
 
 from avp.checkpoints import build_avatar_model, upgrade_decoder_state
@@ -101,6 +102,10 @@ class DecoderModule(LightningModule):
             logged.
         render_backend: ``auto`` (gsplat on CUDA, torch otherwise) | ``torch`` | ``gsplat``.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with linear warm-up and cosine decay.
+        ema_decay: an exponential moving average of the weights with this decay per step (Lightning's
+            ``EMAWeightAveraging``), used for validation and written to the checkpoints' ``state_dict`` (the raw
+            weights go to ``current_model_state``, so a resumed fit continues both); 0 trains without one. A short,
+            noisy run at a high learning rate ends wherever its last steps left it; the average does not.
         seed: seed of generated-point sampling in validation.
         generator_hparams: filled in automatically (the generator's hyper-parameters): a checkpoint of this module
             rebuilds its frozen generator from them without ``generator_ckpt``.
@@ -133,6 +138,7 @@ class DecoderModule(LightningModule):
         betas: tuple[float, float] = (0.9, 0.99),
         warmup_steps: int = 500,
         min_lr_ratio: float = 0.1,
+        ema_decay: float = 0.0,
         seed: int = 0,
         generator_hparams: dict[str, Any] | None = None,
     ):
@@ -157,6 +163,8 @@ class DecoderModule(LightningModule):
             raise ValueError(f"DecoderModule: bank_samples must be >= 1, got {bank_samples}")
         if animation not in ANIMATION_MODES:
             raise ValueError(f"DecoderModule: animation must be one of {ANIMATION_MODES}, got {animation!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"DecoderModule: ema_decay must be in [0, 1) (0: no average), got {ema_decay}")
         if min(loss_cfg.l1, loss_cfg.ssim, loss_cfg.lpips, loss_cfg.reg) < 0:
             raise ValueError(f"DecoderModule: loss weights must be >= 0, got {loss_cfg}")
 
@@ -191,6 +199,11 @@ class DecoderModule(LightningModule):
             **{name: None if config is None else dataclasses.asdict(config) for name, config in configs.items()},
             "generator_hparams": gen_hp, "_class_path": f"{type(self).__module__}.{type(self).__qualname__}",
         })
+
+    def configure_callbacks(self) -> list[Callback]:
+        if self.hparams.ema_decay <= 0:
+            return []
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay, use_buffers=False)]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = upgrade_decoder_state(checkpoint["state_dict"])  # older layouts load too

@@ -294,3 +294,46 @@ def test_overfits_one_synthetic_subject(generator_ckpt: Path, shards: Path) -> N
     value = float(psnr(rgb.flatten(0, 2).clamp(0, 1), target.flatten(0, 2)).mean())
     print(f"overfit: PSNR {value:.2f} dB after {steps} steps in {time.perf_counter() - start:.0f} s")
     assert value >= 28.0
+
+
+def test_ema_decay_checkpoints_the_average_of_the_step_weights(generator_ckpt: Path, shards: Path,
+                                                               tmp_path: Path) -> None:
+    from lightning.pytorch import Callback
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StepWeights(Callback):
+        def __init__(self) -> None:
+            self.seen: list[dict[str, torch.Tensor]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.seen.append({k: v.detach().clone() for k, v in pl_module.model.decoder.state_dict().items()})
+
+    d = 0.5
+    torch.manual_seed(0)
+    module = _module(generator_ckpt, lr=3e-3, warmup_steps=1, ema_decay=d)
+    dm = AvatarDataModule(str(shards), batch_size=1, num_workers=0, frames_per_sample=1, views_per_sample=2,
+                          val_split="train")
+    steps = StepWeights()
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=3, limit_val_batches=0, num_sanity_val_steps=0,
+                      logger=False, callbacks=[steps, ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3)],
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, dm)
+    w1, w2, w3 = steps.seen
+    ckpt = torch.load(next(tmp_path.glob("*.ckpt")), map_location="cpu", weights_only=False)
+    prefix = "model.decoder."
+    moved = 0
+    for name, last in w3.items():
+        average = d * d * w1[name] + d * (1 - d) * w2[name] + (1 - d) * last
+        torch.testing.assert_close(ckpt["state_dict"][prefix + name], average)
+        torch.testing.assert_close(ckpt["current_model_state"][prefix + name], last, rtol=0, atol=0)
+        torch.testing.assert_close(module.model.decoder.state_dict()[name], average)  # fit ends on the average
+        moved += int(not torch.equal(average, last))
+    assert moved > 0  # the steps moved the weights, so the average is not the last step's
+    restored = DecoderModule.load_from_checkpoint(next(tmp_path.glob("*.ckpt")), map_location="cpu")
+    torch.testing.assert_close(restored.model.decoder.state_dict()[name], module.model.decoder.state_dict()[name])
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_ema_decay_out_of_range_is_refused(generator_ckpt: Path, decay: float) -> None:
+    with pytest.raises(ValueError, match="ema_decay"):
+        _module(generator_ckpt, ema_decay=decay)
