@@ -104,8 +104,9 @@ class DecoderModule(LightningModule):
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW with linear warm-up and cosine decay.
         ema_decay: an exponential moving average of the weights with this decay per step (Lightning's
             ``EMAWeightAveraging``), used for validation and written to the checkpoints' ``state_dict`` (the raw
-            weights go to ``current_model_state``, so a resumed fit continues both); 0 trains without one. A short,
-            noisy run at a high learning rate ends wherever its last steps left it; the average does not.
+            weights go to ``current_model_state``, so a resumed fit continues both); 0 trains without one. At the
+            benchmark's 450 steps a decay of 0.99 lowered every row (the decoders still improve fast there, so the
+            average lags: docs/benchmark/EXPERIMENTS.md exp23); it is meant for longer runs.
         seed: seed of generated-point sampling in validation.
         generator_hparams: filled in automatically (the generator's hyper-parameters): a checkpoint of this module
             rebuilds its frozen generator from them without ``generator_ckpt``.
