@@ -87,13 +87,22 @@ class BenchmarkStage:
     delta: dict[str, Any] = field(default_factory=dict)
 
 
+def eval_overrides(overrides: Sequence[str], seed: int) -> list[str]:
+    """The protocol overrides of a decoder seed's evaluation: ``sampling.seed=<seed>``, then ``overrides`` (which
+    keep theirs where they set it)."""
+    own = any(item.partition("=")[0].strip() == "sampling.seed" for item in overrides)
+    return list(overrides) if own else [f"sampling.seed={seed}", *overrides]
+
+
 @dataclass
 class BenchmarkEval:
     """``avp eval`` on the held-out subjects."""
 
     protocol: str = "configs/eval/self_reenactment.yaml"
     overrides: list[str] = field(default_factory=list)
-    """Protocol overrides ``KEY=VALUE`` (recorded with the results)."""
+    """Protocol overrides ``KEY=VALUE`` (recorded with the results). Each decoder seed's evaluation samples its
+    clouds with ``sampling.seed`` set to that seed unless an override sets it: a generated row's seed spread then
+    includes the draws, which move a row's held-out PSNR by up to 0.25 dB (EXPERIMENTS.md, exp26)."""
     limit: int | None = None
 
 
@@ -424,7 +433,7 @@ class Benchmark:
         args = ["eval", "--protocol", e.protocol, "--decoder", ckpt, "--data", str(self.data_root),
                 "--out", str(self.eval_dir(row, seed)), "--overwrite", "--no-teacher", "--no-progress"]
         args += ["--points", "none", "--template-decoder", ckpt] if points == "template" else ["--points", points]
-        for item in e.overrides:
+        for item in eval_overrides(e.overrides, seed):
             args += ["--override", item]
         if e.limit is not None:
             args += ["--limit", str(e.limit)]
@@ -488,7 +497,8 @@ class Benchmark:
                 payload = self.fit_payload(row, seed)
                 step(f"{trained}-seed{seed}", f"fit {trained} (seed {seed})", payload,
                      lambda r=trained, s=seed: self.fit_decoder(r, s))
-                payload = {**payload, "eval_points": c.rows[row].eval_points}
+                payload = {**payload, "eval_points": c.rows[row].eval_points,
+                           "eval_overrides": eval_overrides(c.eval.overrides, seed)}
                 step(f"eval-{row}-seed{seed}", f"evaluate {row} (seed {seed})",
                      {"eval": dataclasses.asdict(c.eval), **payload}, lambda r=row, s=seed: self.evaluate(r, s))
         print("\n==> point metrics of the held-out clouds", flush=True)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from avp.benchmark import ROWS, BenchmarkConfig, build_parser, config_from_namespace, main, summarize
+from avp.benchmark import (
+    ROWS,
+    BenchmarkConfig,
+    build_parser,
+    config_from_namespace,
+    eval_overrides,
+    main,
+    summarize,
+)
 from avp.benchmark_points import tau_name
 from avp.benchmark_report import markdown_table
 
@@ -61,6 +69,12 @@ def test_the_shipped_config_has_every_row_faithfully() -> None:
     assert config.rows["resampled_teacher"].decoder_from == "teacher_points"
 
 
+def test_each_seed_evaluates_its_own_draws_unless_the_overrides_fix_them() -> None:
+    assert eval_overrides(["render.resolution=64"], 2) == ["sampling.seed=2", "render.resolution=64"]
+    assert eval_overrides([" sampling.seed = 5", "render.resolution=64"], 2) == [" sampling.seed = 5",
+                                                                                  "render.resolution=64"]
+
+
 def test_unknown_rows_and_bad_sharing_are_refused(tmp_path: Path) -> None:
     parser = build_parser()
     for bad, message in (({"rows": {"fancy": {}}}, "not benchmark rows"),
@@ -109,6 +123,10 @@ def test_the_whole_benchmark_runs_in_miniature_and_resumes(tmp_path: Path, capsy
     decoder = position["model"]["init_args"]["decoder"]
     assert decoder["inputs"] == "position" and decoder["cross_attention"] is False
     assert position["seed_everything"] == 1 and position["model"]["init_args"]["seed"] == 1
+    # each decoder seed's evaluation draws its own clouds (the seed spread includes the draws)
+    for seed in (0, 1):
+        run = json.loads((out / "eval" / "full" / f"seed{seed}" / "run.json").read_text())
+        assert run["seeds"]["sampling_base"] == seed
     # the generator learns from its own dataset, the decoders from the evaluated one
     generator = yaml.safe_load((out / "runs" / "generator" / "seed0" / "version_0" / "config.yaml").read_text())
     assert generator["data"]["init_args"]["root"] == str(out / "generator_data")
