@@ -23,6 +23,8 @@ import avp.data.synthetic.generate as synthetic
 from avp.benchmark_points import held_out_subjects, portrait_inputs
 from avp.checkpoints import load_avatar_model
 from avp.data.layout import TeacherGaussians
+from avp.eval.methods import sampling_config
+from avp.eval.protocol import protocol_from_dict
 
 REGIONS = {
     "none": lambda p: np.zeros(len(p), bool),
@@ -41,12 +43,10 @@ def generated_clouds(ckpt: str, root: str, eval_dir: str) -> dict[str, tuple[np.
     """Per subject: the ``(points [N, 3], binding [N])`` the evaluation in ``eval_dir`` sampled."""
     model, _ = load_avatar_model(ckpt)
     record = json.loads((Path(eval_dir) / "run.json").read_text())
-    protocol = record["protocol"]["content"]["sampling"]  # what avp.eval.methods.sampling_config takes from it
     runs = {json.loads(line)["subject"]: json.loads(line)
             for line in (Path(eval_dir) / "samples.jsonl").read_text().splitlines()}
-    limits = {k: protocol[k] for k in ("max_points", "min_points") if protocol[k] is not None}
-    cfg = dataclasses.replace(model.sampling, temperature=protocol["temperature"], top_k=protocol["top_k"],
-                              top_p=protocol["top_p"], window=model.feature_window, **limits)
+    protocol = protocol_from_dict(record["protocol"]["content"])
+    cfg = dataclasses.replace(sampling_config(model, protocol), window=model.feature_window)
     out = {}
     for sample in held_out_subjects(root, "test"):
         subject = sample.meta["subject"]

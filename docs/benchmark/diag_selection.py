@@ -15,7 +15,6 @@ Usage:
       the portrait's foreground. Prints the mean held-out PSNR of the picked draws, of each draw, and the oracle's.
 """
 
-import dataclasses
 import json
 import sys
 import zlib
@@ -27,6 +26,8 @@ import torch
 from avp.benchmark_points import held_out_subjects, portrait_inputs
 from avp.checkpoints import build_generator, load_avatar_model, load_generator_state, read_generator_checkpoint
 from avp.data.schema import teacher_cloud
+from avp.eval.methods import sampling_config
+from avp.eval.protocol import protocol_from_dict
 from avp.metrics.point_cloud import f_score, nearest_neighbors
 from avp.models.pixel_aligned import project_points
 from avp.models.sampling import SamplingConfig
@@ -107,10 +108,7 @@ def photo_mode(ckpt: str, root: str, eval_dirs: list[str]) -> dict:
     runs, configs = [], []
     for folder in eval_dirs:
         record = json.loads((Path(folder) / "run.json").read_text())
-        p = record["protocol"]["content"]["sampling"]  # what avp.eval.methods.sampling_config takes from it
-        limits = {k: p[k] for k in ("max_points", "min_points") if p[k] is not None}
-        configs.append(dataclasses.replace(model.sampling, temperature=p["temperature"], top_k=p["top_k"],
-                                           top_p=p["top_p"], **limits))
+        configs.append(sampling_config(model, protocol_from_dict(record["protocol"]["content"])))
         runs.append({json.loads(line)["subject"]: json.loads(line)
                      for line in (Path(folder) / "samples.jsonl").read_text().splitlines()})
     picked: dict[str, list[float]] = {"photo": [], "photo_fg": [], "oracle": []}
