@@ -11,11 +11,13 @@ was trained with.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from avp.models.draws import merge_draws
 from avp.models.encoders import ConditionConfig, ConditionEncoder, PortraitView, condition_vertices
 from avp.models.generator import GeneratorConfig, GeneratorOutput, PointGenerator, point_features
 from avp.models.sampling import SampleOutput, SamplingConfig, sample, teacher_forced
@@ -127,4 +129,32 @@ class ConditionalPointGenerator(nn.Module):
                 raise ValueError("sample: sampling.bind_nearest > 0 needs the subjects' shape")
             centers = self.face_centers(shape.to(condition.device, torch.float32), static_offset)
         null = self.null_like(condition) if config is not None and config.guidance != 1 else None
-        return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers, null)
+        if config is None or config.draws == 1:
+            return sample(self.transformer, condition, self.tokenizer, config, generator, on_step, centers, null)
+        return self._sample_merged(condition, config, generator, on_step, centers, null)
+
+    def _sample_merged(self, condition: Tensor, config: SamplingConfig,
+                       generator: torch.Generator | Sequence[torch.Generator] | None,
+                       on_step: Callable[[int, int], None] | None, centers: Tensor | None,
+                       null: Tensor | None) -> SampleOutput:
+        """``config.draws`` clouds per condition in one batched call, merged (:func:`~avp.models.draws.merge_draws`),
+        re-tokenised and teacher-forced for their hidden states. A sequence of generators (one per condition) draws
+        each condition's clouds one after the other from its own generator."""
+        K = config.draws
+        if generator is not None and not isinstance(generator, torch.Generator):
+            generator = [g for g in generator for _ in range(K)]
+
+        def repeat(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.repeat_interleave(K, dim=0)
+
+        single = dataclasses.replace(config, draws=1)
+        out = sample(self.transformer, repeat(condition), self.tokenizer, single, generator, on_step, repeat(centers),
+                     repeat(null))
+        points, binding, mask = merge_draws(out.points, out.binding, out.mask, out.n_points, K)
+        tokens, lengths = self.tokenizer.encode_batch(points, binding, mask)
+        hidden = teacher_forced(self.transformer, condition, tokens, config.window, config.keep,
+                                keep_logits=False).hidden
+        points, binding, mask, n_points = self.tokenizer.decode_batch(tokens, lengths)
+        finished = out.finished.reshape(-1, K).all(-1)
+        return SampleOutput(tokens=tokens, lengths=lengths, points=points, binding=binding, mask=mask,
+                            n_points=n_points, finished=finished, hidden=hidden)

@@ -106,6 +106,10 @@ class SamplingConfig:
     are ``l_null + w (l_cond - l_null)``, with ``l_null`` from the generator's learned null condition (trained with
     ``condition.guidance_dropout > 0``): ``w > 1`` follows the portrait more closely. An extension of ours; doubles
     the batch the Transformer runs."""
+    draws: int = 1
+    """Clouds drawn per condition and merged into one (1: a single draw, the paper's setting; an extension of ours):
+    the union of ``draws`` clouds thinned by farthest-point sampling to the mean point count of the draws, re-sorted,
+    its hidden states teacher-forced (:mod:`avp.models.draws`). Costs ``draws`` times the sampling."""
     static_step: bool = False
     """Decode single tokens with the model's fixed-shape step (the KV cache's whole storage under a mask, no host
     syncs inside the step, end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the
@@ -133,6 +137,8 @@ class SamplingConfig:
             raise ValueError(f"sampling: window must be at least 8 tokens (two points), got {self.window}")
         if self.keep and not 4 <= self.keep < self.window:
             raise ValueError(f"sampling: keep must be in [4, window) or 0, got {self.keep}")
+        if self.draws < 1:
+            raise ValueError(f"sampling: draws must be >= 1, got {self.draws}")
         if self.bind_nearest < 0:
             raise ValueError(f"sampling: bind_nearest must be >= 0, got {self.bind_nearest}")
         if not self.guidance >= 0:
