@@ -11,10 +11,7 @@ Two producers of raw parameters use it:
   attribute  raw -> activated
   ========== ==================================================================================================
   offset     ``max_offset * tanh(raw)`` per axis (metres): bounded, 0 at raw 0, added to the point position
-  scale      ``exp(clamp(raw, log(min_scale), log(max_scale)))`` per axis (metres); heads start at ``init_scale``.
-             With ``scale_reference: spacing`` the raw value is relative to the point's spacing in its cloud
-             (:func:`point_spacing`): ``exp(clamp(raw + log(spacing), ...))``, heads start at ``spacing_ratio``
-             times the spacing
+  scale      ``exp(clamp(raw, log(min_scale), log(max_scale)))`` per axis (metres); heads start at ``init_scale``
   rotation   ``normalize(raw)`` (wxyz); heads start at the identity ``(1, 0, 0, 0)``
   opacity    ``sigmoid(raw)``; heads start at ``init_opacity`` (0.1)
   colour     degree-0 band: ``rgb = sigmoid(raw)`` turned into the SH DC coefficient (``rgb_to_sh0``, so the base
@@ -37,10 +34,6 @@ from avp.activation import activate
 from avp.render.sh import rgb_to_sh0
 from avp.types import GaussianCloud, TensorContainer
 
-SCALE_REFERENCES = ("fixed", "spacing")
-SPACING_NEIGHBOURS = 3
-"""Neighbours in :func:`point_spacing` (3D Gaussian splatting's initial scale uses three)."""
-
 
 @dataclass
 class SplatParameterisation:
@@ -56,13 +49,6 @@ class SplatParameterisation:
     """Standard deviation (metres) the scale heads start from (a point spacing of a dense avatar)."""
     init_opacity: float = 0.1
     """Opacity the opacity head starts from."""
-    scale_reference: str = "fixed"
-    """What the scale heads' output is relative to: ``fixed`` (metres; heads start at ``init_scale``) or ``spacing``
-    (an extension of ours: each point's spacing in its own cloud, :func:`point_spacing`, the scale 3D Gaussian
-    splatting initialises its splats with; heads start at ``spacing_ratio`` times it). With ``spacing`` a sparse
-    patch of a cloud starts with larger splats than a dense one, whatever the decoder has learnt of the layout."""
-    spacing_ratio: float = 0.5
-    """With ``scale_reference: spacing``: the splat standard deviation the heads start at, in point spacings."""
 
     def validate(self) -> None:
         if self.max_offset < 0:
@@ -72,11 +58,6 @@ class SplatParameterisation:
                              f"{self.min_scale}, {self.init_scale}, {self.max_scale}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"splat parameterisation: init_opacity must be in (0, 1), got {self.init_opacity}")
-        if self.scale_reference not in SCALE_REFERENCES:
-            raise ValueError(f"splat parameterisation: scale_reference must be one of {SCALE_REFERENCES}, got "
-                             f"{self.scale_reference!r}")
-        if not self.spacing_ratio > 0:
-            raise ValueError(f"splat parameterisation: spacing_ratio must be > 0, got {self.spacing_ratio}")
 
 
 @dataclass
@@ -100,25 +81,6 @@ def bounded_offset(raw: Tensor, max_offset: float) -> Tensor:
     return max_offset * torch.tanh(raw)
 
 
-def point_spacing(points: Tensor, mask: Tensor | None = None, fallback: float = 0.01) -> Tensor:
-    """``points [B, N, 3]`` -> ``[B, N]`` each point's spacing: the root mean square distance to its
-    ``SPACING_NEIGHBOURS`` nearest other real points of the same cloud (fewer where the cloud has fewer; ``mask
-    [B, N]`` True = real). A point with no other real point gets ``fallback`` (metres); padding gets ``fallback`` too.
-    No gradient flows to the points (the spacing sets where the scales start, it is not something to optimise)."""
-    points = points.detach()
-    B, N = points.shape[:2]
-    real = torch.ones(B, N, dtype=torch.bool, device=points.device) if mask is None else mask.bool()
-    d2 = torch.cdist(points, points).square()  # [B, N, N]
-    invalid = ~(real[:, :, None] & real[:, None, :]) | torch.eye(N, dtype=torch.bool, device=points.device)
-    d2 = d2.masked_fill(invalid, math.inf)
-    k = min(SPACING_NEIGHBOURS, max(N - 1, 1))
-    nearest = d2.topk(k, dim=-1, largest=False).values  # [B, N, k], inf where there are fewer neighbours
-    found = nearest.isfinite()
-    count = found.sum(-1)
-    mean = nearest.masked_fill(~found, 0.0).sum(-1) / count.clamp_min(1)
-    return torch.where(count > 0, mean.sqrt(), torch.full_like(mean, fallback))
-
-
 def colour_to_sh(colour: Tensor) -> Tensor:
     """Decoder colour ``[..., K, 3]`` (DC as RGB logits, then SH bands) -> SH coefficients ``[..., K, 3]``."""
     rgb = torch.sigmoid(colour[..., :1, :])
@@ -133,25 +95,20 @@ def activate_splats(points: Tensor, raw: RawSplats, parameterisation: SplatParam
     """
     p = parameterisation
     offsets = bounded_offset(raw.offset, p.max_offset)
-    log_scales = raw.log_scales
-    if p.scale_reference == "spacing":
-        spacing = point_spacing(points, mask, fallback=p.init_scale / p.spacing_ratio)
-        log_scales = log_scales + spacing.log().to(log_scales.dtype)[..., None]
-    cloud = activate(points + offsets, log_scales, raw.opacity_logits, raw.quats, colour_to_sh(raw.colour),
+    cloud = activate(points + offsets, raw.log_scales, raw.opacity_logits, raw.quats, colour_to_sh(raw.colour),
                      mask, min_scale=p.min_scale, max_scale=p.max_scale)
     return cloud, offsets
 
 
 def init_biases(parameterisation: SplatParameterisation) -> dict[str, Tensor]:
-    """Raw values that activate to the initial splat: zero offset, ``init_scale`` (``spacing_ratio`` spacings with
-    ``scale_reference: spacing``), identity, ``init_opacity``, grey.
+    """Raw values that activate to the initial splat: zero offset, ``init_scale``, identity, ``init_opacity``, grey.
 
     Keys ``offset [3]``, ``log_scales [3]``, ``quats [4]``, ``opacity_logits [1]``, ``colour_dc [3]``.
     """
     p = parameterisation
     return {
         "offset": torch.zeros(3),
-        "log_scales": torch.full((3,), math.log(p.spacing_ratio if p.scale_reference == "spacing" else p.init_scale)),
+        "log_scales": torch.full((3,), math.log(p.init_scale)),
         "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]),
         "opacity_logits": torch.tensor([math.log(p.init_opacity / (1 - p.init_opacity))]),
         "colour_dc": torch.zeros(3),

@@ -15,7 +15,6 @@ from avp.models.gaussian_activation import (
     activate_splats,
     bounded_offset,
     colour_to_sh,
-    point_spacing,
 )
 from avp.render.sh import sh0_to_rgb
 
@@ -104,51 +103,6 @@ def test_activate_splats_offsets_move_the_means() -> None:
     cloud, offsets = activate_splats(points, raw, p)
     torch.testing.assert_close(offsets, torch.full((1, 2, 3), 0.02 * math.tanh(0.3)))
     torch.testing.assert_close(cloud.means, points + offsets)
-
-
-def test_point_spacing_on_a_grid_with_padding_and_lone_points() -> None:
-    # a 4 x 4 planar grid of step h: corners have neighbours at h, h, sqrt(2) h; inner points at h, h, h
-    h = 0.02
-    ij = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(16, 2)
-    grid = torch.cat([ij * h, torch.zeros(16, 1)], -1)
-    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
-    far = torch.full((1, 3), 10.0)  # padding far away must not count, nor pull anyone
-    points = torch.stack([torch.cat([grid[perm], far]), torch.cat([grid[perm], far])])
-    mask = torch.ones(2, 17, dtype=torch.bool)
-    mask[0, 16] = False
-    mask[1, 1:] = False  # the second cloud: one real point only
-    s = point_spacing(points, mask, fallback=0.5)
-    corner = ((ij == 0) | (ij == 3)).all(-1)[perm]
-    inner = ((ij > 0) & (ij < 3)).all(-1)[perm]
-    torch.testing.assert_close(s[0, :16][corner], torch.full((4,), h * math.sqrt(4 / 3)))
-    torch.testing.assert_close(s[0, :16][inner], torch.full((4,), h))
-    assert float(s[0, 16]) == 0.5 and torch.equal(s[1], torch.full((17,), 0.5))
-    # equivariant: a rigid motion leaves it, a scaling scales it
-    R = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))[0]
-    torch.testing.assert_close(point_spacing(points[:1, :16] @ R.T + 0.3), s[:1, :16])
-    torch.testing.assert_close(point_spacing(3 * points[:1, :16]), 3 * s[:1, :16])
-
-
-def test_spacing_reference_scales_follow_the_cloud() -> None:
-    points, features, mask, _ = _inputs()
-    fixed = _decoder()
-    spaced = _decoder(splat=SplatParameterisation(scale_reference="spacing", spacing_ratio=0.5, max_scale=1.0))
-    spaced.load_state_dict(fixed.state_dict())
-    spaced.heads["log_scales"].bias.data.fill_(math.log(0.5))
-    a = fixed(points, features, mask).cloud.scales
-    b = spaced(points, features, mask).cloud.scales
-    # same raw outputs: the scales differ by exactly the spacing / init_scale ratio (the init biases differ)
-    ratio = point_spacing(points, mask, fallback=0.003 / 0.5) * 0.5 / 0.003
-    torch.testing.assert_close((b / a)[mask], ratio[:, :, None].expand_as(b)[mask], rtol=1e-5, atol=0)
-    # a freshly built spacing decoder starts near spacing_ratio spacings (small head weights)
-    fresh = _decoder(splat=SplatParameterisation(scale_reference="spacing", spacing_ratio=0.5, max_scale=1.0))
-    c = fresh(points, features, mask).cloud.scales
-    expected = 0.5 * point_spacing(points, mask)[:, :, None].expand_as(c)
-    torch.testing.assert_close(c[mask], expected[mask], rtol=0.1, atol=0)
-    with pytest.raises(ValueError, match="scale_reference"):
-        SplatParameterisation(scale_reference="knn").validate()
-    with pytest.raises(ValueError, match="spacing_ratio"):
-        SplatParameterisation(spacing_ratio=0.0).validate()
 
 
 def test_position_only_ignores_ar_features() -> None:
