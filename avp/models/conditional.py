@@ -139,7 +139,8 @@ class ConditionalPointGenerator(nn.Module):
                        null: Tensor | None) -> SampleOutput:
         """``config.draws`` clouds per condition in one batched call, merged (:func:`~avp.models.draws.merge_draws`),
         re-tokenised and teacher-forced for their hidden states. A sequence of generators (one per condition) draws
-        each condition's clouds one after the other from its own generator."""
+        each condition's clouds one after the other from its own generator. The merged cloud counts as finished
+        when all its draws are."""
         K = config.draws
         if generator is not None and not isinstance(generator, torch.Generator):
             generator = [g for g in generator for _ in range(K)]
@@ -155,6 +156,10 @@ class ConditionalPointGenerator(nn.Module):
         hidden = teacher_forced(self.transformer, condition, tokens, config.window, config.keep,
                                 keep_logits=False).hidden
         points, binding, mask, n_points = self.tokenizer.decode_batch(tokens, lengths)
+        # a merged cloud ends like its draws: with EOS when every draw emitted one, at its last point otherwise
         finished = out.finished.reshape(-1, K).all(-1)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        tokens[rows[~finished], lengths[~finished] - 1] = self.tokenizer.pad_id
+        lengths = torch.where(finished, lengths, lengths - 1)
         return SampleOutput(tokens=tokens, lengths=lengths, points=points, binding=binding, mask=mask,
                             n_points=n_points, finished=finished, hidden=hidden)

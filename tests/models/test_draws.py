@@ -76,12 +76,19 @@ def test_a_generator_samples_merged_draws() -> None:
             n = int(merged.n_points[b])
             seq = merged.tokens[b, 1 : 1 + 4 * n].reshape(n, 4)
             assert {tuple(r.tolist()) for r in seq} <= drawn
-            assert int(merged.tokens[b, 0]) == net.tokenizer.bos_id and int(merged.lengths[b]) == 4 * n + 2
+            assert int(merged.tokens[b, 0]) == net.tokenizer.bos_id
+        assert torch.equal(merged.finished, single.finished.reshape(2, 3).all(-1))
+        assert torch.equal(merged.lengths, torch.where(merged.finished, 4 * merged.n_points + 2,
+                                                       4 * merged.n_points + 1))
         # the merged sequence is sorted like a teacher's and its hidden states are the teacher-forced ones
         again, lengths = net.teacher_tokens(merged.points, merged.binding, merged.mask)
-        assert torch.equal(again, merged.tokens[:, : again.shape[1]]) and torch.equal(lengths, merged.lengths)
-        forced = net.teacher_features(cond, merged.tokens, merged.lengths, config.window)
+        n = int(merged.n_points.max())
+        assert torch.equal(again[:, : 1 + 4 * n], merged.tokens[:, : 1 + 4 * n])
+        forced = net.teacher_features(cond, again, lengths, config.window)
         torch.testing.assert_close(merged.point_hidden, forced)
-        assert torch.equal(merged.finished, single.finished.reshape(2, 3).all(-1))
+        # a draw stopped at max_points leaves its merged cloud unfinished: no EOS, as in a single draw
+        capped = net.sample(cond, dataclasses.replace(config, draws=3, min_points=12), torch.Generator().manual_seed(5))
+        assert not bool(capped.finished.any()) and torch.equal(capped.lengths, 4 * capped.n_points + 1)
+        assert not bool((capped.tokens == net.tokenizer.eos_id).any())
     with pytest.raises(ValueError, match="draws must be >= 1"):
         SamplingConfig(draws=0).validate()
