@@ -138,9 +138,9 @@ class ConditionalPointGenerator(nn.Module):
                        on_step: Callable[[int, int], None] | None, centers: Tensor | None,
                        null: Tensor | None) -> SampleOutput:
         """``config.draws`` clouds per condition in one batched call, merged (:func:`~avp.models.draws.merge_draws`),
-        re-tokenised and teacher-forced for their hidden states. A sequence of generators (one per condition) draws
-        each condition's clouds one after the other from its own generator. The merged cloud counts as finished
-        when all its draws are."""
+        re-tokenised and teacher-forced for their hidden states. With a sequence of generators (one per condition) a
+        condition's clouds share its generator (its rows draw from it in turn at every step), so each condition's
+        merged cloud depends on its own generator only. The merged cloud counts as finished when all its draws are."""
         K = config.draws
         if generator is not None and not isinstance(generator, torch.Generator):
             generator = [g for g in generator for _ in range(K)]
