@@ -137,6 +137,8 @@ class BenchmarkPoints:
     split: str = "test"
     temperature: float | None = None
     """Sampling temperature (None: the evaluation protocol's override, else the decoder's)."""
+    draws: int | None = None
+    """Clouds merged per portrait (None: the evaluation protocol's override, else the decoder's)."""
 
 
 @dataclass
@@ -462,19 +464,21 @@ class Benchmark:
         per_seed = held_out_point_metrics(
             data_root=self.data_root, split=c.points.split,
             decoder_ckpts=[self.decoder_ckpt(source_row, s) for s in c.seeds], seeds=c.seeds, taus=c.points.taus,
-            temperature=self._temperature())
+            temperature=self._sampling("temperature", float), draws=self._sampling("draws", int))
         out: dict[str, dict[str, list[float]]] = {}
         for name, row in c.rows.items():  # the point sources are named as the rows' eval_points
             out[name] = {k: [m[row.eval_points][k] for m in per_seed] for k in per_seed[0][row.eval_points]}
         return out
 
-    def _temperature(self) -> float | None:
-        if self.config.points.temperature is not None:
-            return self.config.points.temperature
+    def _sampling(self, name: str, kind: type) -> Any:
+        """The point metrics' sampling setting ``name``: the points section's, else the evaluation's override, else
+        None (the decoder's), so that the clouds measured are the ones the evaluation rendered."""
+        if getattr(self.config.points, name, None) is not None:
+            return getattr(self.config.points, name)
         for item in self.config.eval.overrides:
             key, _, value = item.partition("=")
-            if key.strip() == "sampling.temperature":
-                return float(value)
+            if key.strip() == f"sampling.{name}":
+                return kind(value)
         return None
 
     # ------------------------------------------------------------------------------------------------ driver

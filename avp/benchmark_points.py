@@ -75,7 +75,8 @@ def portrait_inputs(samples: Sequence[Any]) -> tuple[torch.Tensor, Any, torch.Te
 @torch.no_grad()
 def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Sequence[str | Path],
                            seeds: Sequence[int], taus: Sequence[float],
-                           temperature: float | None = None) -> list[dict[str, dict[str, float]]]:
+                           temperature: float | None = None,
+                           draws: int | None = None) -> list[dict[str, dict[str, float]]]:
     """Per seed: ``{source: {metric: mean over held-out subjects}}`` for ``SOURCES``.
 
     Args:
@@ -84,6 +85,7 @@ def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Seq
             sampling settings; its template points are the template row's).
         seeds: sampling seeds, one draw per subject and seed.
         temperature: sampling temperature (None: the decoder's).
+        draws: clouds merged per portrait (``SamplingConfig.draws``; None: the decoder's).
     """
     from avp.checkpoints import load_avatar_model
     from avp.data.schema import teacher_cloud
@@ -97,8 +99,11 @@ def held_out_point_metrics(data_root: str | Path, split: str, decoder_ckpts: Seq
     results = []
     for i, seed in enumerate(seeds):
         model, _ = load_avatar_model(decoder_ckpts[i], device=device)
-        sampling = model.sampling if temperature is None else dataclasses.replace(model.sampling,
-                                                                                 temperature=temperature)
+        sampling = model.sampling
+        if temperature is not None:
+            sampling = dataclasses.replace(sampling, temperature=temperature)
+        if draws is not None:
+            sampling = dataclasses.replace(sampling, draws=draws)
         per_source: dict[str, list[dict[str, float]]] = {s: [] for s in SOURCES}
         for sample in samples:
             teacher = teacher_cloud(sample.gaussians)

@@ -11,7 +11,10 @@ import yaml
 
 from avp.benchmark import (
     ROWS,
+    Benchmark,
     BenchmarkConfig,
+    BenchmarkEval,
+    BenchmarkPoints,
     build_parser,
     config_from_namespace,
     eval_overrides,
@@ -73,6 +76,16 @@ def test_each_seed_evaluates_its_own_draws_unless_the_overrides_fix_them() -> No
     assert eval_overrides(["render.resolution=64"], 2) == ["sampling.seed=2", "render.resolution=64"]
     assert eval_overrides([" sampling.seed = 5", "render.resolution=64"], 2) == [" sampling.seed = 5",
                                                                                   "render.resolution=64"]
+
+
+def test_point_metrics_sample_as_the_evaluation_does(tmp_path: Path) -> None:
+    config = BenchmarkConfig(eval=BenchmarkEval(overrides=["render.resolution=64", "sampling.temperature = 0.8",
+                                                           "sampling.draws=5"]))
+    bench = Benchmark(config, tmp_path, "python")
+    assert (bench._sampling("temperature", float), bench._sampling("draws", int)) == (0.8, 5)
+    assert bench._sampling("top_k", int) is None  # not overridden: the decoder's own setting
+    config.points = BenchmarkPoints(temperature=1.0, draws=2)  # the points section wins
+    assert (bench._sampling("temperature", float), bench._sampling("draws", int)) == (1.0, 2)
 
 
 def test_unknown_rows_and_bad_sharing_are_refused(tmp_path: Path) -> None:

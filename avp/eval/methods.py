@@ -123,11 +123,12 @@ class TeacherMethod(Method):
 
 
 def sampling_config(decoder: AvatarModel, protocol: EvalProtocol) -> SamplingConfig:
-    """The decoder's sampling settings with the protocol's temperature, top-k, top-p and point limits."""
+    """The decoder's sampling settings with the protocol's temperature, top-k, top-p, point limits and draws."""
     s = protocol.sampling
     base = decoder.sampling
     cfg = dataclasses.replace(base, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                               max_points=s.max_points if s.max_points is not None else base.max_points,
-                              min_points=s.min_points if s.min_points is not None else base.min_points)
+                              min_points=s.min_points if s.min_points is not None else base.min_points,
+                              draws=s.draws if s.draws is not None else base.draws)
     cfg.validate()
     return cfg

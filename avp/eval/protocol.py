@@ -139,6 +139,8 @@ class SamplingSettings:
     """Stop after this many points; null: the decoder checkpoint's ``sampling.max_points``."""
     min_points: int | None = None
     """No EOS before this many points; null: the decoder checkpoint's ``sampling.min_points``."""
+    draws: int | None = None
+    """Clouds drawn per portrait and merged into one (``SamplingConfig.draws``); null: the decoder checkpoint's."""
 
 
 @dataclass
@@ -322,6 +324,7 @@ def validate(protocol: EvalProtocol) -> EvalProtocol:
         raise ProtocolError(f"sampling.top_p: must be in (0, 1], got {s.top_p}")
     _positive(s.max_points, "sampling.max_points")
     _positive(s.min_points, "sampling.min_points", 0)
+    _positive(s.draws, "sampling.draws")
     if s.max_points is not None and s.min_points is not None and s.min_points > s.max_points:
         raise ProtocolError(f"sampling.min_points: {s.min_points} exceeds sampling.max_points {s.max_points}")
     if p.task == "cross":

@@ -5,10 +5,12 @@ ours for ranges and consistency); overrides are the parser's own flags and go th
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from avp.eval.methods import sampling_config
 from avp.eval.protocol import (
     DEFAULT_COLUMNS,
     EvalProtocol,
@@ -16,6 +18,7 @@ from avp.eval.protocol import (
     load_protocol,
     protocol_from_dict,
 )
+from avp.models.sampling import SamplingConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eval"
 
@@ -82,6 +85,7 @@ def test_round_trip_and_record(tmp_path: Path) -> None:
     (lambda d: d["render"].update(resolution=8), "render.resolution: must be >= 16"),
     (lambda d: d["sampling"].update(top_p=1.5), "sampling.top_p: must be in (0, 1]"),
     (lambda d: d["sampling"].update(temperature=-1), "sampling.temperature: must be >= 0"),
+    (lambda d: d["sampling"].update(draws=0), "sampling.draws: must be >= 1"),
     (lambda d: d["frames"].update(indices=[0, 0]), "frames.indices: indices must be distinct"),
     (lambda d: d["views"].update(indices=[]), "views.indices: must not be empty"),
     (lambda d: d["render"].update(background=[1, 1]), "render.background: an [r, g, b] colour needs three"),
@@ -144,6 +148,17 @@ def test_overrides_change_values_and_go_through_the_same_checks(tmp_path: Path) 
     with pytest.raises(ProtocolError) as err:
         load_protocol(_write(tmp_path, bad), ["render.resolution=64"])
     assert ": override " not in str(err.value) and 'Parser key "render.resolution"' in str(err.value)
+
+
+def test_sampling_settings_override_the_decoders_only_where_given() -> None:
+    decoder = SimpleNamespace(sampling=SamplingConfig(temperature=1.0, max_points=250, min_points=100, draws=3,
+                                                      bind_nearest=16))
+    kept = sampling_config(decoder, load_protocol(CONFIGS / "self_reenactment.yaml", ["sampling.temperature=0.8"]))
+    assert (kept.temperature, kept.max_points, kept.min_points, kept.draws, kept.bind_nearest) == (0.8, 250, 100, 3, 16)
+    changed = sampling_config(decoder, load_protocol(CONFIGS / "self_reenactment.yaml",
+                                                     ["sampling.draws=5", "sampling.max_points=300"]))
+    assert (changed.draws, changed.max_points, changed.min_points) == (5, 300, 100)
+    assert decoder.sampling.draws == 3  # the checkpoint's settings are left as they were
 
 
 def test_defaults_are_a_complete_self_protocol() -> None:
