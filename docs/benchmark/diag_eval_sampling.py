@@ -3,7 +3,8 @@
 Usage: python docs/benchmark/diag_eval_sampling.py '{SamplingConfig fields}' AVP_EVAL_ARGS ...
 e.g. '{"bind_nearest": 1}' or '{"role_temperature": [0.8, 0.8, 1.1, 0.8]}', then the arguments of `avp eval`. The
 decoder checkpoint's sampling settings get the given fields before the evaluation reads them (the protocol's
-temperature, top-k, top-p and point limits still apply on top, as in every evaluation).
+temperature, top-k, top-p, point limits and draws still apply on top, as in every evaluation; `draws` needs no patch:
+`--override sampling.draws=K`).
 """
 
 import dataclasses
