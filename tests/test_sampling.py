@@ -396,6 +396,56 @@ def test_the_static_step_samples_the_eager_tokens(kw, head) -> None:
                                   torch.Generator().manual_seed(11)).tokens, static.tokens)
 
 
+@pytest.mark.parametrize("head", ["full", "role"])
+def test_the_fused_step_applies_every_slot_rule_as_the_eager_loop_does(head) -> None:
+    """The fixed-shape step chooses each slot inside the step (:func:`_next_tokens`, the eager loop's own code):
+    nearest-face binding, guidance, per-role and EOS temperatures, min_points and one generator per cloud give the
+    eager tokens; a changed rule changes them (so each case tests something)."""
+    model, tok, cond = parity_setup(head)
+    centres = torch.rand(3, 10, 3, generator=torch.Generator().manual_seed(1)) * 0.4 - 0.2
+    null = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(2))
+    cases = [{"bind_nearest": 2}, {"guidance": 2.0}, {"role_temperature": (0.5, 0.8, 1.5, 1.0), "eos_temperature": 0.3},
+             {"min_points": 9}]
+    for kw in cases:
+        config = SamplingConfig(max_points=25, window=24, **kw)
+
+        def run(cfg: SamplingConfig) -> Tensor:
+            rngs = [torch.Generator().manual_seed(20 + i) for i in range(3)]
+            return sample(model, cond, tok, cfg, rngs, face_centers=centres, null_condition=null).tokens
+
+        eager = run(config)
+        assert torch.equal(eager, run(SamplingConfig(**{**vars(config), "static_step": True}))), kw
+        assert not torch.equal(eager, run(SamplingConfig(max_points=25, window=24))), kw
+
+
+def test_the_fixed_shape_step_attends_over_growing_views_of_the_cache(monkeypatch) -> None:
+    """On a CPU the fixed-shape step attends over the cache's first multiple of ATTEND_BUCKET slots (views of its
+    storage, up to the whole window), and draws the eager tokens across bucket changes and a slide."""
+    import avp.models.sampling as sampling
+
+    lengths: list[int] = []
+    original = sampling._attended
+
+    def spy(state: list[Tensor], length: int) -> list[Tensor]:
+        views = original(state, length)
+        lengths.append(length)
+        assert views[0].data_ptr() == state[0].data_ptr() and views[0].shape[2] == length  # a view, not a copy
+        assert views[2] is state[2]  # the condition's keys stay whole
+        return views
+
+    monkeypatch.setattr(sampling, "_attended", spy)
+    monkeypatch.setattr(sampling, "ATTEND_BUCKET", 16)
+    model, tok, cond = parity_setup("role")
+    config = SamplingConfig(max_points=30, min_points=25, window=50, top_k=5)
+    eager = sample(model, cond, tok, config, torch.Generator().manual_seed(3))
+    static = sample(model, cond, tok, SamplingConfig(**{**vars(config), "static_step": True}),
+                    torch.Generator().manual_seed(3))
+    assert int(eager.lengths.max()) > 50 + 4  # past a slide
+    assert torch.equal(eager.tokens, static.tokens)
+    assert (eager.hidden - static.hidden).abs().max() <= 1e-5
+    assert {16, 32, 48, 50} <= set(lengths) and max(lengths) == 50
+
+
 def test_the_compiled_step_samples_the_eager_tokens() -> None:
     """``compile=True`` (inductor on the CPU) draws the eager sampler's tokens, greedy and sampled, with slides and
     a cloud ending mid-batch (one compilation, ~20 s on 2 cores, shared by every case: same model class and batch)."""

@@ -29,16 +29,21 @@ With ``use_kv_cache=False`` the same contexts are recomputed in full at every st
 Sampling never records autograd (it runs under ``torch.no_grad``): a decode graph kept alive across tens of thousands
 of steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes single tokens with
 the model's fixed-shape step (:meth:`~avp.models.generator.PointGenerator.decode_step`: the KV cache's whole storage
-under a mask, positions and cache slots as device tensors) and checks for the end of the batch only every
-``EOS_CHECK_EVERY`` tokens, so the step holds no host/device synchronisation; ``compile`` runs that step through
-``torch.compile`` (inductor; on CUDA with ``mode="reduce-overhead"``: CUDA graphs). The first forward and the re-encode
-after a window slide stay eager (their lengths vary). Either switch changes hidden states in the last bits (sums over
+under a mask, positions and cache slots as device tensors) fused with the next slot's choice (the role's logits, the
+grammar and order masks, the draw from a uniform drawn before the step: :func:`_next_tokens`, the same code the eager
+loop runs) and checks for the end of the batch only every ``EOS_CHECK_EVERY`` tokens, so the step holds no
+host/device synchronisation; ``compile`` runs that step through ``torch.compile``, one graph per slot role (inductor;
+on CUDA with ``mode="reduce-overhead"``: CUDA graphs). The first forward, the last and the re-encode after a window
+slide stay eager (their lengths vary). Either switch changes hidden states in the last bits (sums over
 the masked storage, fused kernels), which can flip a near-tied draw: off by default, and the default path is the
 eager one whose samples the tests pin.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -55,7 +60,11 @@ from avp.types import TensorContainer
 EOS_CHECK_EVERY = 64
 """With ``static_step``: tokens between two checks whether every cloud of the batch has ended (a host sync each).
 Finished clouds emit PAD meanwhile, so the samples do not depend on it; at most this many steps are wasted."""
-_COMPILED: dict[tuple[type, str], Callable[..., Tensor]] = {}  # torch.compile'd decode steps, by model class and mode
+ATTEND_BUCKET = 64
+"""With ``static_step`` on a CPU: the step attends over the cache's first multiple of this many slots that holds the
+context, not its whole storage (the cache reads of a batch grow with the window otherwise). CUDA graphs attend over the
+whole storage (one recorded graph)."""
+_COMPILED: dict[tuple, Callable[..., tuple]] = {}  # compiled fused steps: model class, mode, role, batch, ...
 
 
 @dataclass
@@ -111,13 +120,14 @@ class SamplingConfig:
     the union of ``draws`` clouds thinned by farthest-point sampling to the mean point count of the draws, re-sorted,
     its hidden states teacher-forced (:mod:`avp.models.draws`). Costs ``draws`` times the sampling."""
     static_step: bool = False
-    """Decode single tokens with the model's fixed-shape step (the KV cache's whole storage under a mask, no host
-    syncs inside the step, end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the
-    eager step; hidden states differ from it in the last bits, so a near-tied draw can differ. Needs the KV cache."""
+    """Decode single tokens with the model's fixed-shape step fused with the slot's choice (the KV cache's whole storage
+    under a mask, no host syncs inside the step, end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger
+    operations than the eager step; hidden states differ from it in the last bits, so a near-tied draw can differ.
+    Needs the KV cache."""
     compile: bool = False
-    """Run the fixed-shape step (implies ``static_step``) through ``torch.compile``: inductor, on CUDA with
-    ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (tens of seconds). Off by
-    default until measured on a GPU; on a CPU see BENCHMARKS.md for what it buys."""
+    """Run the fixed-shape step (implies ``static_step``) through ``torch.compile``, one graph per slot role: inductor,
+    on CUDA with ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (about a
+    minute on 2 CPU cores). Off by default until measured on a GPU; on a CPU see BENCHMARKS.md for what it buys."""
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -308,21 +318,23 @@ def _guide(logits: Tensor, B: int, scale: float) -> Tensor:
     return null + scale * (cond - null)
 
 
-def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
-    """One token per row of ``probs [B, V]`` by inverse CDF: one uniform per row, from the one generator (or the
-    global one) or, with ``B`` generators, each row's from its own, so that a row's tokens do not depend on the other
-    rows of its batch. One uniform, not one random number per vocabulary entry as ``torch.multinomial`` draws: the
-    cost of a draw does not grow with the vocabulary, and the draw depends on the allowed tokens' probabilities only,
-    so restricting ``probs`` to a slot's tokens (zeros removed) draws the same token."""
+def uniforms(n: int, generator: torch.Generator | Sequence[torch.Generator] | None,
+             device: torch.device) -> Tensor:
+    """``[n]`` float64 uniforms, one per row: from the one generator (or the global one), or with ``n`` generators each
+    row's from its own (so that a row's draws do not depend on the other rows of its batch)."""
     if generator is None or isinstance(generator, torch.Generator):
-        u = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)
-    else:
-        if len(generator) != probs.shape[0]:
-            raise ValueError(f"sampling: {len(generator)} generators for {probs.shape[0]} rows")
-        u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=torch.float64) for g in generator])
+        return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if len(generator) != n:
+        raise ValueError(f"sampling: {len(generator)} generators for {n} rows")
+    return torch.cat([torch.rand(1, generator=g, device=device, dtype=torch.float64) for g in generator])
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """``[B]`` long: the token of each row of ``probs [B, V]`` at which its cumulative sum passes ``u [B]`` (uniforms in
+    [0, 1)); never a zero-probability token. Pure tensor code (it runs inside the compiled decode step)."""
     cdf = probs.double().cumsum(-1)
-    u = u * cdf[:, -1]  # the cumulative sum of float probabilities may end a hair below 1
-    index = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1)
+    target = u * cdf[:, -1]  # the cumulative sum of float probabilities may end a hair below 1
+    index = torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1)
     # never land on a zero-probability token (masked or filtered) at the edges of the cumulative sum
     index = index.clamp(max=probs.shape[1] - 1)
     allowed = probs > 0
@@ -330,20 +342,144 @@ def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Gener
     return torch.where(allowed.gather(1, index[:, None]).squeeze(-1), index, last)
 
 
-def _decode_step(model: torch.nn.Module, compiled: bool, device: torch.device) -> Callable[..., Tensor]:
-    """``step(model, token [B, 1], position [1], slot [1], state) -> hidden [B, D]``: the model's fixed-shape step,
-    eager or through ``torch.compile`` (compiled once per model class and mode; dynamo guards tell models apart)."""
+def draw_tokens(probs: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
+    """One token per row of ``probs [B, V]`` by inverse CDF with one uniform per row (:func:`uniforms`, then
+    :func:`inverse_cdf`). One uniform, not one random number per vocabulary entry as ``torch.multinomial`` draws: the
+    cost of a draw does not grow with the vocabulary, and the draw depends on the allowed tokens' probabilities only,
+    so restricting ``probs`` to a slot's tokens (zeros removed) draws the same token."""
+    return inverse_cdf(probs, uniforms(probs.shape[0], generator, probs.device))
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """What a sample call's slots may choose and how (fixed for the call; constants to ``torch.compile``)."""
+
+    config: SamplingConfig
+    levels: int
+    n_faces: int
+    eos_id: int
+    pad_id: int
+    enforce: bool
+    priority: tuple[int, ...]
+    maxima: tuple[int, int, int, int]
+    batch: int
+    """Conditions ``B`` (the model runs ``2B`` rows under guidance: the conditioned ones first)."""
+
+
+def _next_tokens(slots: _Slots, role: int, logits: Tensor, u: Tensor | None, prev: Tensor, cur: Tensor,
+                 n_points: Tensor, done: Tensor, face_centers: Tensor | None, bounds: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Choose the token of one slot of ``role`` for every cloud and update the clouds' state (pure tensor code: the
+    eager loop calls it as it is, the compiled step inside its graph).
+
+    Args:
+        logits: ``[B_run, R]`` the role's logits (its ``R`` tokens in vocabulary order: coordinates, then EOS at x).
+        u: ``[B]`` float64 uniforms of the draw (None: greedy).
+        prev, cur: ``[B, 4]`` long, the previous point and the components sampled so far.
+        n_points: ``[B]`` long points so far; done: ``[B]`` bool, clouds that emitted EOS.
+        face_centers: ``[B, F, 3]`` with ``bind_nearest``, else None; bounds: ``[2, 3]`` the tokenizer's bounds then.
+
+    Returns:
+        ``(token [B], done, cur, prev, n_points)``, the state after the slot (new tensors).
+    """
+    c, L = slots.config, slots.levels
+    B = slots.batch
+    if slots.enforce:
+        thr = order_threshold(prev, n_points > 0, cur, role, slots.priority, slots.maxima)
+    else:
+        thr = torch.zeros(B, dtype=torch.long, device=logits.device)
+    # the choice is made among the role's R tokens only (every other token is masked by the grammar): local index j
+    # is the role's j-th token in vocabulary order, so argmax ties and cumulative sums are those of the full
+    # vocabulary under the mask
+    R = logits.shape[-1]
+    allowed = torch.arange(R, device=logits.device)[None, :] >= thr[:, None]  # [B, R]
+    if role == 3 and c.bind_nearest > 0:
+        lo, hi = bounds[0], bounds[1]
+        point = lo + (cur[:, :3].to(lo.dtype) + 0.5) / L * (hi - lo)  # PointTokenizer.dequantize
+        allowed = _restrict_to_nearest_faces(allowed, point, face_centers, c.bind_nearest)
+    if role == 0:  # x slots end with EOS (local index L)
+        eos_ok = (n_points >= c.min_points) | (thr > slots.maxima[0])
+        allowed = torch.cat([allowed[:, :L], eos_ok[:, None]], -1)
+    logits = _guide(logits.float(), B, c.guidance).masked_fill(~allowed, float("-inf"))  # [B, R]
+    if u is None:
+        choice = logits.argmax(-1)
+    else:
+        choice = inverse_cdf(slot_probs(logits, c, role, L if role == 0 else None), u)
+    if role == 0:
+        token = torch.where(choice == L, torch.full_like(choice, slots.eos_id), choice)
+    else:
+        token = choice + L if role == 3 else choice
+    token = torch.where(done, torch.full_like(token, slots.pad_id), token)
+    done = done | (token == slots.eos_id)
+    cur = torch.cat([cur[:, :role], (token - L if role == 3 else token)[:, None], cur[:, role + 1 :]], -1)
+    if role == 3:
+        live = ~done
+        prev = torch.where(live[:, None], cur, prev)
+        n_points = n_points + live.long()
+    return token, done, cur, prev, n_points
+
+
+def _attended(state: list[Tensor], length: int) -> list[Tensor]:
+    """:meth:`~avp.models.generator.PointGenerator.decode_state` with each self-attention cache cut to its first
+    ``length`` slots (views: the step still writes into the storage), marked dynamic in that length so that one
+    compiled graph serves every length."""
+    views = []
+    for i, t in enumerate(state):
+        if i % 4 < 2:  # a block's self-attention keys and values; its condition's stay whole
+            t = t[:, :, :length]
+            torch._dynamo.maybe_mark_dynamic(t, 2)
+        views.append(t)
+    return views
+
+
+def _fused_step(model: torch.nn.Module, token: Tensor, position: Tensor, slot: Tensor, state: list[Tensor],
+                weight: Tensor | None, rows: Tensor | slice, slots: _Slots, role: int, u: Tensor | None,
+                prev: Tensor, cur: Tensor, n_points: Tensor, done: Tensor, face_centers: Tensor | None,
+                bounds: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One fixed-shape decoding step and the next slot's choice: the model's :meth:`decode_step` on ``token [B_run,
+    1]``, the role's logits (``weight [R, D]``: the role head's rows; None: the full head's logits at ``rows``) and
+    :func:`_next_tokens`. Returns ``(hidden [B_run, D], token, done, cur, prev, n_points)``."""
+    hidden = type(model).decode_step(model, token, position, slot, state)
+    logits = F.linear(hidden, weight) if weight is not None else model.head_logits(hidden)[:, rows]
+    return hidden, *_next_tokens(slots, role, logits, u, prev, cur, n_points, done, face_centers, bounds)
+
+
+def _fused_role(role: int) -> Callable[..., tuple]:
+    """:func:`_fused_step` for one ``role`` as a function with a code object of its own: dynamo keeps compiled graphs
+    and their guards per code object, so each (model class, batch, cache dtype, head, role) gets a cache with one
+    entry, which never makes a step try another's graphs first and never reaches dynamo's recompile limit."""
+
+    def fused(*args: object) -> tuple[Tensor, ...]:
+        return _fused_step(*args[:8], role, *args[8:])
+
+    return types.FunctionType(fused.__code__.replace(), fused.__globals__, f"_fused_step_role{role}", None,
+                              fused.__closure__)
+
+
+def _fused_steps(model: torch.nn.Module, compiled: bool, device: torch.device, key: tuple
+                 ) -> tuple[Callable[..., tuple], ...]:
+    """The four roles' fused steps (:func:`_fused_step` without its ``role`` argument), eager or through
+    ``torch.compile`` (once per model class, mode, role and ``key``: the batch, cache dtype and head)."""
     if not hasattr(model, "decode_step") or not hasattr(model, "decode_state"):
         raise TypeError(f"sampling: static_step/compile need a model with decode_step and decode_state "
                         f"(PointGenerator), got {type(model).__name__}")
-    step = type(model).decode_step
     if not compiled:
-        return step
+        return tuple(functools.partial(_fused_step_role, role) for role in range(4))
     mode = "reduce-overhead" if device.type == ACCELERATOR else "default"
-    key = (type(model), mode)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
-    return _COMPILED[key]
+    # on a CPU the graph's kernels are called from C++ (``cpp_wrapper``) rather than Python: a batch-1 step is a few
+    # hundred small kernels, and their Python launches cost more than the arithmetic (BENCHMARKS.md)
+    compile_args = {"mode": mode} if device.type == ACCELERATOR else {"options": {"cpp_wrapper": True}}
+    steps = []
+    for role in range(4):
+        full_key = (type(model), mode, role, *key)
+        if full_key not in _COMPILED:
+            _COMPILED[full_key] = torch.compile(_fused_role(role), fullgraph=True, dynamic=False, **compile_args)
+        steps.append(_COMPILED[full_key])
+    return tuple(steps)
+
+
+def _fused_step_role(role: int, *args: object) -> tuple[Tensor, ...]:
+    return _fused_step(*args[:8], role, *args[8:])
 
 
 def sample(
@@ -407,8 +543,14 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
     last_input = 4 * config.max_points  # position of the last b token a cloud may have
     total = last_input + 2
     static = config.static_step or config.compile
-    step_fn = _decode_step(model, config.compile, device) if static else None
+    role_head = getattr(getattr(model, "config", None), "head", "full") == "role"
+    cache_dtype = torch.bfloat16 if config.kv_cache_dtype == "bfloat16" else None
+    fused = _fused_steps(model, config.compile, device, (B_run, cache_dtype, role_head)) if static else ()
     graphs = config.compile and device.type == ACCELERATOR
+    slots = _Slots(config=config, levels=L, n_faces=F_, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                   enforce=enforce, priority=tuple(priority), maxima=maxima, batch=B)
+    bounds = tokenizer.bounds.to(device) if config.bind_nearest > 0 else None
+    greedy = config.temperature == 0
 
     tokens = torch.full((B, total), tokenizer.pad_id, dtype=torch.long, device=device)
     tokens[:, 0] = tokenizer.bos_id
@@ -417,18 +559,16 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
     n_points = torch.zeros(B, dtype=torch.long, device=device)
     prev = torch.zeros(B, 4, dtype=torch.long, device=device)
     cur = torch.zeros(B, 4, dtype=torch.long, device=device)
-    role_head = getattr(getattr(model, "config", None), "head", "full") == "role"
     rows = [role_rows(r, L, F_, device) for r in range(4)]  # the vocabulary rows a slot of each role chooses from
-    # each role's tokens in vocabulary order: a slot's choice is made among them (local index -> token id)
-    role_tokens = [torch.arange(tokenizer.vocab_size, device=device)[r] for r in rows]
-    local = [torch.arange(len(t), device=device) for t in role_tokens]
     # the role head's output rows per role, gathered once (the x rows are not contiguous: EOS comes last)
-    role_weights = [model.head.weight[r] for r in rows] if role_head else []
+    role_weights = [model.head.weight[r] for r in rows] if role_head else [None] * 4
     # the static step's position and cache slot live on the device: advancing them is a kernel, not a host sync
     step_pos = torch.zeros(1, dtype=torch.long, device=device)
     step_slot = torch.zeros(1, dtype=torch.long, device=device)
     step_token = torch.zeros(B_run, 1, dtype=torch.long, device=device)
     state: list[Tensor] = []
+    attended: list[Tensor] = []  # the step's view of the caches: the storage's first attended_length slots
+    attended_length = window_slots = 0
 
     was_training = model.training
     model.eval()
@@ -436,11 +576,18 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
         model.set_kv_cache(B_run, config.window, torch.bfloat16)
     elif config.use_kv_cache:
         model.set_kv_cache(B_run, config.window)
+    # once each role's compiled step has run with dynamo's guards in this sample, the inputs they checked (shapes,
+    # dtypes, constants) stay as they were to the end of the window: the steps skip the guards (a sizeable share of a
+    # CPU step) until the next eager forward
+    skip_guards = contextlib.ExitStack()
+    guarded: set[int] = set()
+    skipping = False
     try:
         ctx_start = 0  # first position of the model's context
         cached_to = 0  # with the cache: positions ctx_start .. cached_to - 1 are in it
         pos = 0  # position of the next input token
         while True:
+            role = pos % 4  # the role of the token chosen at pos + 1 (position p > 0 has role (p - 1) % 4)
             # ---- forward the input token at `pos` (after a slide, the kept context is re-encoded with it)
             if pos - ctx_start + 1 > config.window:
                 ctx_start = _aligned_start(pos, keep)
@@ -448,24 +595,45 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
                     model.reset_kv_cache(ctx_start)
                     cached_to = ctx_start
             first = cached_to if config.use_kv_cache else ctx_start
-            if static and first == pos and pos > 0:  # one token continuing the cache: the fixed-shape step
+            # one token continuing the cache: the fixed-shape step, fused with the next slot's choice
+            one_step = static and first == pos and 0 < pos < last_input
+            # the draw's uniforms come before the forward (which draws nothing) so that both paths draw alike
+            u = None if greedy or pos == last_input else uniforms(B, generator, device)
+            if one_step:
+                if not graphs:  # attend over the cache up to the next multiple of ATTEND_BUCKET slots
+                    length = min(-(-(pos + 1 - ctx_start) // ATTEND_BUCKET) * ATTEND_BUCKET, window_slots)
+                    if length != attended_length:  # new shapes: each role's next step checks its guards
+                        attended, attended_length = _attended(state, length), length
+                        skip_guards.close()
+                        skipping = False
+                        guarded.clear()
+                if config.compile and len(guarded) == 4 and not skipping:
+                    skip_guards.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
+                    skipping = True
                 if graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 try:
                     # a copy into fixed strides (a slice's depend on max_points); guided, into both halves at once
                     step_token.view(B_run // B, B, 1).copy_(tokens[:, pos : pos + 1])
-                    last_hidden = step_fn(model, step_token, step_pos, step_slot, state)
+                    last_hidden, nxt, done, cur, prev, n_points = fused[role](
+                        model, step_token, step_pos, step_slot, attended, role_weights[role], rows[role], slots, u,
+                        prev, cur, n_points, done, face_centers, bounds)
                 except Exception as e:
                     if not config.compile:
                         raise
                     raise RuntimeError(f"sampling: compile=True could not compile or run the decode step with "
                                        f"torch.compile on {device.type} ({type(e).__name__}: {e}); sample with "
                                        "compile: false (static_step: true keeps the fixed-shape step)") from e
+                guarded.add(role)
+                if graphs:  # a replay overwrites its outputs: keep the state out of the graphs' memory
+                    done, cur, prev, n_points = done.clone(), cur.clone(), prev.clone(), n_points.clone()
                 model.advance_kv_cache()
                 step_pos += 1
                 step_slot += 1
-                logits_full = None
             else:
+                skip_guards.close()
+                skipping = False
+                guarded.clear()
                 positions = torch.arange(first, pos + 1, device=device)
                 inputs = tokens[:, first : pos + 1]
                 if guided:
@@ -475,10 +643,12 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
                 else:
                     out = model(inputs, condition, positions)
                 last_hidden = out.hidden[:, -1]
-                logits_full = None if role_head else out.logits[:, -1]
                 if static:
+                    attended_length = 0  # a slide rewrote the caches: views again
                     if not state:
                         state = model.decode_state()
+                        window_slots = state[0].shape[2]
+                        attended = state
                         if graphs:  # the caches keep their addresses for the whole sample: no copies per replay
                             for t in state:
                                 torch._dynamo.mark_static_address(t)
@@ -490,48 +660,20 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
             hidden[:, pos] = last_hidden[:B]  # the conditioned rows' (the decoder's features)
             if pos == last_input:
                 break
-            # ---- choose the token at pos + 1
-            role = pos % 4  # role of position pos + 1 is (pos + 1 - 1) % 4
-            if enforce:
-                thr = order_threshold(prev, n_points > 0, cur, role, priority, maxima)
-            else:
-                thr = torch.zeros(B, dtype=torch.long, device=device)
-            # the choice is made among the role's R tokens only (every other token is masked by the grammar):
-            # local index j is token role_tokens[role][j], in vocabulary order, so argmax ties and cumulative sums
-            # are those of the full vocabulary under the mask
-            allowed = local[role][None, :] >= thr[:, None]  # [B, R]: coordinates / faces from the order threshold
-            if role == 3 and config.bind_nearest > 0:
-                allowed = _restrict_to_nearest_faces(allowed, tokenizer.dequantize(cur[:, :3]), face_centers,
-                                                     config.bind_nearest)
-            if role == 0:  # x slots end with EOS (local index L)
-                no_next_point = thr > maxima[0]
-                allowed[:, L] = (n_points >= config.min_points) | no_next_point
-            if role_head:  # only the role's rows are computed
-                logits = _guide(F.linear(last_hidden, role_weights[role]).float(), B, config.guidance)
-            else:
-                full_logits = model.head_logits(last_hidden) if logits_full is None else logits_full
-                logits = _guide(full_logits[:, rows[role]].float(), B, config.guidance)
-            logits = logits.masked_fill(~allowed, float("-inf"))  # [B, R]
-            if config.temperature == 0:
-                choice = logits.argmax(-1)
-            else:
-                choice = draw_tokens(slot_probs(logits, config, role, L if role == 0 else None), generator)
-            nxt = role_tokens[role][choice]
-            nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_id), nxt)
+            # ---- choose the token at pos + 1 (the fused step has chosen it)
+            if not one_step:
+                logits = (F.linear(last_hidden, role_weights[role]) if role_head
+                          else out.logits[:, -1][:, rows[role]])
+                nxt, done, cur, prev, n_points = _next_tokens(slots, role, logits, u, prev, cur, n_points, done,
+                                                              face_centers, bounds)
             tokens[:, pos + 1] = nxt
-            # ---- bookkeeping
-            done |= nxt == tokenizer.eos_id
-            cur[:, role] = nxt - L if role == 3 else nxt
-            if role == 3:
-                live = ~done
-                prev = torch.where(live[:, None], cur, prev)
-                n_points += live.long()
             pos += 1
             if on_step is not None:
                 on_step(pos, last_input)
             if role == 0 and (not static or pos % EOS_CHECK_EVERY == 1) and bool(done.all()):
                 break
     finally:
+        skip_guards.close()
         if config.use_kv_cache:
             model.clear_kv_cache()
         model.train(was_training)
