@@ -177,7 +177,8 @@ class PointGenerator(nn.Module):
             slot: ``[1]`` long, its cache slot (``position`` minus the cache's start); slots ``0 .. slot - 1`` must
                 hold the context (written by a cached forward or earlier steps). The caches' ``length`` counters are
                 not touched (the caller keeps them: they live on the host).
-            state: :meth:`decode_state`.
+            state: :meth:`decode_state`, or the same list with each self-attention cache cut to a view of its first
+                ``n > slot`` slots (the sampler's attended length on a CPU).
 
         Returns:
             ``[B, D]`` final hidden state (the input of the output head: :meth:`head_logits`).

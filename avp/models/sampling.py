@@ -26,17 +26,17 @@ sampler restarts the context at a point boundary so that the last ``keep`` token
 one forward (same absolute positions, the condition kept): exactly the view a training window starting there has.
 With ``use_kv_cache=False`` the same contexts are recomputed in full at every step (the benchmark's baseline).
 
-Sampling never records autograd (it runs under ``torch.no_grad``): a decode graph kept alive across tens of thousands
-of steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes single tokens with
-the model's fixed-shape step (:meth:`~avp.models.generator.PointGenerator.decode_step`: the KV cache's whole storage
-under a mask, positions and cache slots as device tensors) fused with the next slot's choice (the role's logits, the
-grammar and order masks, the draw from a uniform drawn before the step: :func:`_next_tokens`, the same code the eager
-loop runs) and checks for the end of the batch only every ``EOS_CHECK_EVERY`` tokens, so the step holds no
-host/device synchronisation; ``compile`` runs that step through ``torch.compile``, one graph per slot role (inductor;
-on CUDA with ``mode="reduce-overhead"``: CUDA graphs). The first forward, the last and the re-encode after a window
-slide stay eager (their lengths vary). Either switch changes hidden states in the last bits (sums over
-the masked storage, fused kernels), which can flip a near-tied draw: off by default, and the default path is the
-eager one whose samples the tests pin.
+Sampling never records autograd (it runs under ``torch.no_grad``): a decode graph kept alive across tens of thousands of
+steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes single tokens with the
+model's fixed-shape step (:meth:`~avp.models.generator.PointGenerator.decode_step`: the KV cache's storage under a mask,
+on a CPU a view of it up to the next ``ATTEND_BUCKET`` slots, positions and cache slots as device tensors) fused with
+the next slot's choice (the role's logits, the grammar and order masks, the draw from a uniform drawn before the step:
+:func:`_next_tokens`, the same code the eager loop runs) and checks for the end of the batch only every
+``EOS_CHECK_EVERY`` tokens, so the step holds no host/device synchronisation; ``compile`` runs that step through
+``torch.compile``, one graph per slot role (inductor; on CUDA with ``mode="reduce-overhead"``: CUDA graphs). The first
+forward, the last and the re-encode after a window slide stay eager (their lengths vary). Either switch changes hidden
+states in the last bits (sums over the masked storage, fused kernels), which can flip a near-tied draw: off by default,
+and the default path is the eager one whose samples the tests pin.
 """
 
 from __future__ import annotations
@@ -120,10 +120,10 @@ class SamplingConfig:
     the union of ``draws`` clouds thinned by farthest-point sampling to the mean point count of the draws, re-sorted,
     its hidden states teacher-forced (:mod:`avp.models.draws`). Costs ``draws`` times the sampling."""
     static_step: bool = False
-    """Decode single tokens with the model's fixed-shape step fused with the slot's choice (the KV cache's whole storage
-    under a mask, no host syncs inside the step, end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger
-    operations than the eager step; hidden states differ from it in the last bits, so a near-tied draw can differ.
-    Needs the KV cache."""
+    """Decode single tokens with the model's fixed-shape step fused with the slot's choice (the KV cache's storage
+    under a mask, on a CPU up to the next ``ATTEND_BUCKET`` slots; no host syncs inside the step, end-of-batch checks
+    every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the eager step; hidden states differ from it in
+    the last bits, so a near-tied draw can differ. Needs the KV cache."""
     compile: bool = False
     """Run the fixed-shape step (implies ``static_step``) through ``torch.compile``, one graph per slot role: inductor,
     on CUDA with ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (about a
