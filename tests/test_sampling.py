@@ -448,7 +448,7 @@ def test_the_fixed_shape_step_attends_over_growing_views_of_the_cache(monkeypatc
 
 def test_the_compiled_step_samples_the_eager_tokens() -> None:
     """``compile=True`` (inductor on the CPU) draws the eager sampler's tokens, greedy and sampled, with slides and
-    a cloud ending mid-batch (one compilation, ~20 s on 2 cores, shared by every case: same model class and batch)."""
+    a cloud ending mid-batch (one compiled graph per slot role and head, ~100 s on 2 cores in all)."""
     for head in ("full", "role"):
         model, tok, cond = parity_setup(head)
         for kw in PARITY_CASES:

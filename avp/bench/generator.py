@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from avp.bench._timing import measure
 from avp.device import ACCELERATOR, select_device
 from avp.models.generator import GeneratorConfig, PointGenerator, training_windows
-from avp.models.sampling import ATTEND_BUCKET, SamplingConfig, sample
+from avp.models.sampling import ATTEND_BUCKET, SamplingConfig, attended_slots, sample
 from avp.models.tokenizer import PointTokenizer
 
 if TYPE_CHECKING:
@@ -140,8 +140,7 @@ def _decode_speed(args: Namespace, tok: PointTokenizer, device: torch.device) ->
                 # view up to the next ATTEND_BUCKET slots (CUDA graphs: the whole storage)
                 kv_slots = (n_tokens / 2 if mode.startswith("eager")
                             else window if device.type == ACCELERATOR and "compiled" in mode
-                            else sum(min(-(-t // ATTEND_BUCKET) * ATTEND_BUCKET, window)
-                                     for t in range(1, n_tokens + 1)) / n_tokens)
+                            else sum(attended_slots(t, window) for t in range(1, n_tokens + 1)) / n_tokens)
                 streamed = _step_bytes(model, tok, batch, kv_slots, args.condition_tokens, head == "role",
                                        kv_bytes=2 if "bf16" in mode else None)
                 rows.append({"head": head, "batch": batch, "mode": mode,

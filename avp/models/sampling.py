@@ -42,7 +42,6 @@ and the default path is the eager one whose samples the tests pin.
 from __future__ import annotations
 
 import contextlib
-import functools
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from torch import Tensor
 
 from avp.device import ACCELERATOR
 from avp.models.generator import GeneratorOutput, point_features, role_rows
-from avp.models.tokenizer import PointTokenizer
+from avp.models.tokenizer import PointTokenizer, dequantize_levels
 from avp.types import TensorContainer
 
 EOS_CHECK_EVERY = 64
@@ -394,8 +393,7 @@ def _next_tokens(slots: _Slots, role: int, logits: Tensor, u: Tensor | None, pre
     R = logits.shape[-1]
     allowed = torch.arange(R, device=logits.device)[None, :] >= thr[:, None]  # [B, R]
     if role == 3 and c.bind_nearest > 0:
-        lo, hi = bounds[0], bounds[1]
-        point = lo + (cur[:, :3].to(lo.dtype) + 0.5) / L * (hi - lo)  # PointTokenizer.dequantize
+        point = dequantize_levels(cur[:, :3], bounds, L)
         allowed = _restrict_to_nearest_faces(allowed, point, face_centers, c.bind_nearest)
     if role == 0:  # x slots end with EOS (local index L)
         eos_ok = (n_points >= c.min_points) | (thr > slots.maxima[0])
@@ -417,6 +415,12 @@ def _next_tokens(slots: _Slots, role: int, logits: Tensor, u: Tensor | None, pre
         prev = torch.where(live[:, None], cur, prev)
         n_points = n_points + live.long()
     return token, done, cur, prev, n_points
+
+
+def attended_slots(context: int, window: int) -> int:
+    """Cache slots the fixed-shape step attends over on a CPU with ``context`` tokens in a ``window``-slot cache: the
+    next multiple of :data:`ATTEND_BUCKET`, at most the window."""
+    return min(-(-context // ATTEND_BUCKET) * ATTEND_BUCKET, window)
 
 
 def _attended(state: list[Tensor], length: int) -> list[Tensor]:
@@ -464,7 +468,7 @@ def _fused_steps(model: torch.nn.Module, compiled: bool, device: torch.device, k
         raise TypeError(f"sampling: static_step/compile need a model with decode_step and decode_state "
                         f"(PointGenerator), got {type(model).__name__}")
     if not compiled:
-        return tuple(functools.partial(_fused_step_role, role) for role in range(4))
+        return tuple(_fused_role(role) for role in range(4))
     mode = "reduce-overhead" if device.type == ACCELERATOR else "default"
     # on a CPU the graph's kernels are called from C++ (``cpp_wrapper``) rather than Python: a batch-1 step is a few
     # hundred small kernels, and their Python launches cost more than the arithmetic (BENCHMARKS.md)
@@ -477,9 +481,6 @@ def _fused_steps(model: torch.nn.Module, compiled: bool, device: torch.device, k
         steps.append(_COMPILED[full_key])
     return tuple(steps)
 
-
-def _fused_step_role(role: int, *args: object) -> tuple[Tensor, ...]:
-    return _fused_step(*args[:8], role, *args[8:])
 
 
 def sample(
@@ -601,7 +602,7 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
             u = None if greedy or pos == last_input else uniforms(B, generator, device)
             if one_step:
                 if not graphs:  # attend over the cache up to the next multiple of ATTEND_BUCKET slots
-                    length = min(-(-(pos + 1 - ctx_start) // ATTEND_BUCKET) * ATTEND_BUCKET, window_slots)
+                    length = attended_slots(pos + 1 - ctx_start, window_slots)
                     if length != attended_length:  # new shapes: each role's next step checks its guards
                         attended, attended_length = _attended(state, length), length
                         skip_guards.close()

@@ -44,6 +44,13 @@ class TokenizerConfig:
     """Raise on points outside the box instead of clamping them to it."""
 
 
+def dequantize_levels(q: Tensor, bounds: Tensor, levels: int) -> Tensor:
+    """``q [..., 3]`` integer levels of a ``levels``-level grid over ``bounds [2, 3]`` (lo, hi) -> ``[..., 3]`` bin
+    centres (:meth:`PointTokenizer.dequantize`; a function so that a compiled decode step can call it)."""
+    lo, hi = bounds
+    return lo + (q.to(lo.dtype) + 0.5) / levels * (hi - lo)
+
+
 class PointTokenizer(nn.Module):
     """Turns canonical point clouds with face bindings into token sequences and back.
 
@@ -134,8 +141,7 @@ class PointTokenizer(nn.Module):
 
     def dequantize(self, q: Tensor) -> Tensor:
         """``q [..., 3]`` integer levels -> ``[..., 3]`` bin centres in metres."""
-        lo, hi = self.bounds
-        return lo + (q.to(lo.dtype) + 0.5) / self.levels * (hi - lo)
+        return dequantize_levels(q, self.bounds, self.levels)
 
     # ---------------------------------------------------------------------------------------------------- encode
     def _check_binding(self, binding: Tensor, where: str) -> None:
