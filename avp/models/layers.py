@@ -31,6 +31,27 @@ def attend(q: Tensor, k: Tensor, v: Tensor, **kw) -> Tensor:
     return F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), **kw).to(q.dtype)
 
 
+def attend_one(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Attention of a single query per row, ``q [B, H, 1, d]`` over ``k, v [B, H, S, d]`` (``mask [1|B, 1|H, 1, S]``,
+    True = attend), written as products, sums and a softmax in fp32 rather than as a fused attention kernel: compiled on
+    a CPU these become two reductions and a softmax fused with the step's other element-wise work, where the flash
+    kernel's per-call set-up (layout copies, block buffers) costs more than one query's arithmetic
+    (BENCHMARKS.md, "Decode steps"). Returns ``[B, H, 1, d]`` in the queries' dtype."""
+    scores = (q.float() * k.float()).sum(-1) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, S]
+    if mask is not None:
+        scores = scores.masked_fill(~mask[..., 0, :], float("-inf"))
+    weights = scores.softmax(-1)
+    return (weights[..., None] * v.float()).sum(-2, keepdim=True).to(q.dtype)
+
+
+def attend_step(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The decoding step's attention of one query per row: :func:`attend_one` on a CPU, the fused kernel of
+    :func:`attend` elsewhere (a GPU's attention kernels have no per-call set-up to speak of)."""
+    if q.device.type == "cpu":
+        return attend_one(q, k, v, mask)
+    return attend(q, k, v, attn_mask=mask)
+
+
 class KVCache:
     """Keys and values of one attention layer for positions ``[start, start + max_len)``.
 
@@ -128,7 +149,7 @@ class SelfAttention(nn.Module):
         k_cache[:, :, slot] = k.to(k_cache.dtype)
         v_cache[:, :, slot] = v.to(v_cache.dtype)
         mask = (torch.arange(k_cache.shape[2], device=x.device) <= slot)[None, None, None, :]  # [1, 1, 1, S]
-        y = attend(q, k_cache, v_cache, attn_mask=mask)
+        y = attend_step(q, k_cache, v_cache, mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -185,7 +206,7 @@ class CrossAttention(nn.Module):
         so a compiled step takes them as inputs)."""
         B, T, D = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
-        y = attend(q, k, v)
+        y = attend_step(q, k, v) if T == 1 else attend(q, k, v)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 

@@ -471,8 +471,11 @@ def _fused_steps(model: torch.nn.Module, compiled: bool, device: torch.device, k
         return tuple(_fused_role(role) for role in range(4))
     mode = "reduce-overhead" if device.type == ACCELERATOR else "default"
     # on a CPU the graph's kernels are called from C++ (``cpp_wrapper``) rather than Python: a batch-1 step is a few
-    # hundred small kernels, and their Python launches cost more than the arithmetic (BENCHMARKS.md)
-    compile_args = {"mode": mode} if device.type == ACCELERATOR else {"options": {"cpp_wrapper": True}}
+    # hundred small kernels, and their Python launches cost more than the arithmetic; and one-row matrix products
+    # (batch 1) become inductor's own reductions fused with their neighbours (``decompose_mm_pass``) instead of a BLAS
+    # call each: 24 per token, each costing more in set-up than in arithmetic (BENCHMARKS.md)
+    cpu_options = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
+    compile_args = {"mode": mode} if device.type == ACCELERATOR else {"options": cpu_options}
     steps = []
     for role in range(4):
         full_key = (type(model), mode, role, *key)

@@ -15,6 +15,7 @@ from avp.models.generator import (
     role_logits,
     training_windows,
 )
+from avp.models.layers import attend_one
 from avp.models.tokenizer import PointTokenizer
 
 VOCAB = 64 + 20 + 3  # levels 64, 20 faces
@@ -61,6 +62,45 @@ def test_kv_cache_decoding_equals_the_full_forward() -> None:
     assert (logits - full.logits).abs().max() <= 1e-5
     assert (hidden - full.hidden).abs().max() <= 1e-5
     assert not model.kv_cache_active
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_is_the_fused_kernels(masked: bool, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 1, 16, generator=g)
+    k, v = (torch.randn(3, 4, 40, 16, generator=g).to(dtype) for _ in range(2))
+    mask = (torch.rand(3, 1, 1, 40, generator=g) < 0.6) | (torch.arange(40) == 0) if masked else None
+    ref = F.scaled_dot_product_attention(q, k.float(), v.float(), attn_mask=mask)
+    out = attend_one(q, k, v, mask)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert (out - ref).abs().max() <= 1e-5
+    if masked:  # a masked key's value cannot reach the output
+        poked = v + 100 * (~mask[:, 0, 0])[:, None, :, None].to(dtype)
+        assert (attend_one(q, k, poked, mask) - out).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("cache_dtype", [None, torch.bfloat16])
+def test_the_fixed_shape_step_computes_the_cached_forwards_hidden_states(cache_dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    model = tiny(layers=3)
+    cond = torch.randn(2, 5, 32, generator=g)
+    tokens = sequence(8)
+    model.set_kv_cache(2, 24, cache_dtype)
+    cached = [model(tokens[:, :5], cond, torch.arange(5))]
+    cached += [model(tokens[:, p : p + 1], cond, torch.tensor([p])) for p in range(5, 14)]
+    model.reset_kv_cache(start=5)  # a slide: slots past the re-encoded context hold stale keys the step must ignore
+    model(tokens[:, 5:9], cond, torch.arange(5, 9))
+    state = model.decode_state()
+    stepped = []
+    for p in range(9, 14):
+        stepped.append(model.decode_step(tokens[:, p : p + 1], torch.tensor([p]), torch.tensor([p - 5]), state))
+        model.advance_kv_cache()
+    model.clear_kv_cache()
+    window = model(tokens[:, 5:14], cond, torch.arange(5, 14))  # no cache: what a window starting at 5 computes
+    tol = 1e-5 if cache_dtype is None else 2e-2
+    assert (torch.stack(stepped, 1) - window.hidden[:, 4:]).abs().max() <= tol
+    assert (torch.stack(stepped, 1) - torch.cat([o.hidden for o in cached[-5:]], 1)).abs().max() > 1e-3
 
 
 def test_a_reset_cache_at_a_boundary_equals_a_forward_of_that_window() -> None:
