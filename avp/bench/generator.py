@@ -137,10 +137,10 @@ def _decode_speed(args: Namespace, tok: PointTokenizer, device: torch.device) ->
                 seconds = time.perf_counter() - start
                 step_s = seconds / n_tokens
                 # eager steps read the valid part of the cache, half the sample on average; fixed-shape ones a
-                # view up to the next ATTEND_BUCKET slots (CUDA graphs: the whole storage)
+                # view up to the next ATTEND_BUCKET slots past the point they decode (CUDA graphs: the whole storage)
                 kv_slots = (n_tokens / 2 if mode.startswith("eager")
                             else window if device.type == ACCELERATOR and "compiled" in mode
-                            else sum(attended_slots(t, window) for t in range(1, n_tokens + 1)) / n_tokens)
+                            else sum(attended_slots(-(-t // 4) * 4, window) for t in range(1, n_tokens + 1)) / n_tokens)
                 streamed = _step_bytes(model, tok, batch, kv_slots, args.condition_tokens, head == "role",
                                        kv_bytes=2 if "bf16" in mode else None)
                 rows.append({"head": head, "batch": batch, "mode": mode,

@@ -27,16 +27,17 @@ one forward (same absolute positions, the condition kept): exactly the view a tr
 With ``use_kv_cache=False`` the same contexts are recomputed in full at every step (the benchmark's baseline).
 
 Sampling never records autograd (it runs under ``torch.no_grad``): a decode graph kept alive across tens of thousands of
-steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes single tokens with the
-model's fixed-shape step (:meth:`~avp.models.generator.PointGenerator.decode_step`: the KV cache's storage under a mask,
-on a CPU a view of it up to the next ``ATTEND_BUCKET`` slots, positions and cache slots as device tensors) fused with
-the next slot's choice (the role's logits, the grammar and order masks, the draw from a uniform drawn before the step:
-:func:`_next_tokens`, the same code the eager loop runs) and checks for the end of the batch only every
-``EOS_CHECK_EVERY`` tokens, so the step holds no host/device synchronisation; ``compile`` runs that step through
-``torch.compile``, one graph per slot role (inductor; on CUDA with ``mode="reduce-overhead"``: CUDA graphs). The first
-forward, the last and the re-encode after a window slide stay eager (their lengths vary). Either switch changes hidden
-states in the last bits (sums over the masked storage, fused kernels), which can flip a near-tied draw: off by default,
-and the default path is the eager one whose samples the tests pin.
+steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes a whole point at a
+time, x, y, z and face, with four of the model's fixed-shape steps (:meth:`~avp.models.generator.PointGenerator.
+decode_step`: the KV cache's storage under a mask, on a CPU a view of it up to the next ``ATTEND_BUCKET`` slots,
+positions and cache slots as device tensors), each fused with its slot's choice (the role's logits, the grammar and
+order masks, the draw from a uniform drawn before the point: :func:`_next_tokens`, the same code the eager loop runs),
+and checks for the end of the batch only every ``EOS_CHECK_EVERY`` tokens, so a point holds no host/device
+synchronisation; ``compile`` runs that point step through ``torch.compile`` (inductor; on CUDA with
+``mode="reduce-overhead"``: CUDA graphs), one call per point instead of one per token. The first forward, the last, the
+re-encode after a window slide and the few tokens until the next point boundary stay eager. Either switch changes
+hidden states in the last bits (sums over the masked storage, fused kernels), which can flip a near-tied draw: off by
+default, and the default path is the eager one whose samples the tests pin.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ ATTEND_BUCKET = 64
 """With ``static_step`` on a CPU: the step attends over the cache's first multiple of this many slots that holds the
 context, not its whole storage (the cache reads of a batch grow with the window otherwise). CUDA graphs attend over the
 whole storage (one recorded graph)."""
-_COMPILED: dict[tuple, Callable[..., tuple]] = {}  # compiled fused steps: model class, mode, role, batch, ...
+_COMPILED: dict[tuple, Callable[..., tuple]] = {}  # compiled point steps: model class, mode, batch, cache dtype, head
 
 
 @dataclass
@@ -119,13 +120,13 @@ class SamplingConfig:
     the union of ``draws`` clouds thinned by farthest-point sampling to the mean point count of the draws, re-sorted,
     its hidden states teacher-forced (:mod:`avp.models.draws`). Costs ``draws`` times the sampling."""
     static_step: bool = False
-    """Decode single tokens with the model's fixed-shape step fused with the slot's choice (the KV cache's storage
-    under a mask, on a CPU up to the next ``ATTEND_BUCKET`` slots; no host syncs inside the step, end-of-batch checks
-    every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the eager step; hidden states differ from it in
-    the last bits, so a near-tied draw can differ. Needs the KV cache."""
+    """Decode whole points with four of the model's fixed-shape steps, each fused with its slot's choice (the KV
+    cache's storage under a mask, on a CPU up to the next ``ATTEND_BUCKET`` slots; no host syncs inside a point,
+    end-of-batch checks every ``EOS_CHECK_EVERY`` tokens). Fewer, larger operations than the eager step; hidden states
+    differ from it in the last bits, so a near-tied draw can differ. Needs the KV cache."""
     compile: bool = False
-    """Run the fixed-shape step (implies ``static_step``) through ``torch.compile``, one graph per slot role: inductor,
-    on CUDA with ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (about a
+    """Run the fixed-shape point step (implies ``static_step``) through ``torch.compile``: inductor, on CUDA with
+    ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (about a
     minute on 2 CPU cores). Off by default until measured on a GPU; on a CPU see BENCHMARKS.md for what it buys."""
 
     def validate(self) -> None:
@@ -436,54 +437,58 @@ def _attended(state: list[Tensor], length: int) -> list[Tensor]:
     return views
 
 
-def _fused_step(model: torch.nn.Module, token: Tensor, position: Tensor, slot: Tensor, state: list[Tensor],
-                weight: Tensor | None, rows: Tensor | slice, slots: _Slots, role: int, u: Tensor | None,
-                prev: Tensor, cur: Tensor, n_points: Tensor, done: Tensor, face_centers: Tensor | None,
-                bounds: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One fixed-shape decoding step and the next slot's choice: the model's :meth:`decode_step` on ``token [B_run,
-    1]``, the role's logits (``weight [R, D]``: the role head's rows; None: the full head's logits at ``rows``) and
-    :func:`_next_tokens`. Returns ``(hidden [B_run, D], token, done, cur, prev, n_points)``."""
-    hidden = type(model).decode_step(model, token, position, slot, state)
-    logits = F.linear(hidden, weight) if weight is not None else model.head_logits(hidden)[:, rows]
-    return hidden, *_next_tokens(slots, role, logits, u, prev, cur, n_points, done, face_centers, bounds)
+def _fused_point(model: torch.nn.Module, token: Tensor, position: Tensor, slot: Tensor, state: list[Tensor],
+                 weights: list[Tensor | None], rows: list[Tensor | slice], slots: _Slots, u: Tensor | None,
+                 prev: Tensor, cur: Tensor, n_points: Tensor, done: Tensor, face_centers: Tensor | None,
+                 bounds: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One point: four fixed-shape decoding steps (the model's :meth:`decode_step`), each fused with the choice of its
+    slot (x, y, z, face: the role's logits, then :func:`_next_tokens`), each step's input the token the previous one
+    chose.
+
+    Args:
+        token: ``[B_run, 1]`` the input at ``position`` (the previous point's face token, or BOS), a point boundary.
+        position, slot: ``[1]`` long, its position and cache slot; the steps write slots ``slot .. slot + 3``.
+        weights: per role, the role head's rows ``[R, D]`` (None: the full head's logits at ``rows[role]``).
+        u: ``[4, B]`` float64 uniforms of the four draws (None: greedy).
+
+    Returns:
+        ``(hidden [B_run, 4, D], tokens [B, 4], done, cur, prev, n_points)``.
+    """
+    hiddens, chosen = [], []
+    for role in range(4):
+        hidden = type(model).decode_step(model, token, position + role, slot + role, state)  # [B_run, D]
+        weight = weights[role]
+        logits = F.linear(hidden, weight) if weight is not None else model.head_logits(hidden)[:, rows[role]]
+        nxt, done, cur, prev, n_points = _next_tokens(slots, role, logits, None if u is None else u[role], prev, cur,
+                                                      n_points, done, face_centers, bounds)
+        hiddens.append(hidden)
+        chosen.append(nxt)
+        token = nxt.repeat(token.shape[0] // slots.batch)[:, None]  # guided: the null-conditioned rows' input too
+    return torch.stack(hiddens, 1), torch.stack(chosen, 1), done, cur, prev, n_points
 
 
-def _fused_role(role: int) -> Callable[..., tuple]:
-    """:func:`_fused_step` for one ``role`` as a function with a code object of its own: dynamo keeps compiled graphs
-    and their guards per code object, so each (model class, batch, cache dtype, head, role) gets a cache with one
-    entry, which never makes a step try another's graphs first and never reaches dynamo's recompile limit."""
-
-    def fused(*args: object) -> tuple[Tensor, ...]:
-        return _fused_step(*args[:8], role, *args[8:])
-
-    return types.FunctionType(fused.__code__.replace(), fused.__globals__, f"_fused_step_role{role}", None,
-                              fused.__closure__)
-
-
-def _fused_steps(model: torch.nn.Module, compiled: bool, device: torch.device, key: tuple
-                 ) -> tuple[Callable[..., tuple], ...]:
-    """The four roles' fused steps (:func:`_fused_step` without its ``role`` argument), eager or through
-    ``torch.compile`` (once per model class, mode, role and ``key``: the batch, cache dtype and head)."""
+def _point_step(model: torch.nn.Module, compiled: bool, device: torch.device, key: tuple) -> Callable[..., tuple]:
+    """:func:`_fused_point`, eager or through ``torch.compile`` (once per model class, mode and ``key``: the batch,
+    cache dtype and head), as a function with a code object of its own: dynamo keeps compiled graphs and their guards
+    per code object, so each key gets a cache with one entry, which never makes a step try another key's graph first
+    and never reaches dynamo's recompile limit."""
     if not hasattr(model, "decode_step") or not hasattr(model, "decode_state"):
         raise TypeError(f"sampling: static_step/compile need a model with decode_step and decode_state "
                         f"(PointGenerator), got {type(model).__name__}")
     if not compiled:
-        return tuple(_fused_role(role) for role in range(4))
+        return _fused_point
     mode = "reduce-overhead" if device.type == ACCELERATOR else "default"
-    # on a CPU the graph's kernels are called from C++ (``cpp_wrapper``) rather than Python: a batch-1 step is a few
-    # hundred small kernels, and their Python launches cost more than the arithmetic; and one-row matrix products
-    # (batch 1) become inductor's own reductions fused with their neighbours (``decompose_mm_pass``) instead of a BLAS
-    # call each: 24 per token, each costing more in set-up than in arithmetic (BENCHMARKS.md)
-    cpu_options = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
-    compile_args = {"mode": mode} if device.type == ACCELERATOR else {"options": cpu_options}
-    steps = []
-    for role in range(4):
-        full_key = (type(model), mode, role, *key)
-        if full_key not in _COMPILED:
-            _COMPILED[full_key] = torch.compile(_fused_role(role), fullgraph=True, dynamic=False, **compile_args)
-        steps.append(_COMPILED[full_key])
-    return tuple(steps)
-
+    full_key = (type(model), mode, *key)
+    if full_key not in _COMPILED:
+        own = types.FunctionType(_fused_point.__code__.replace(), _fused_point.__globals__, "_fused_point")
+        # on a CPU the graph's kernels are called from C++ (``cpp_wrapper``) rather than Python: a batch-1 step is a
+        # few hundred small kernels, and their Python launches cost more than the arithmetic; and one-row matrix
+        # products (batch 1) become inductor's own reductions fused with their neighbours (``decompose_mm_pass``)
+        # instead of a BLAS call each: 24 per token, each costing more in set-up than in arithmetic (BENCHMARKS.md)
+        cpu_options = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
+        compile_args = {"mode": mode} if device.type == ACCELERATOR else {"options": cpu_options}
+        _COMPILED[full_key] = torch.compile(own, fullgraph=True, dynamic=False, **compile_args)
+    return _COMPILED[full_key]
 
 
 def sample(
@@ -549,7 +554,7 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
     static = config.static_step or config.compile
     role_head = getattr(getattr(model, "config", None), "head", "full") == "role"
     cache_dtype = torch.bfloat16 if config.kv_cache_dtype == "bfloat16" else None
-    fused = _fused_steps(model, config.compile, device, (B_run, cache_dtype, role_head)) if static else ()
+    point_step = _point_step(model, config.compile, device, (B_run, cache_dtype, role_head)) if static else None
     graphs = config.compile and device.type == ACCELERATOR
     slots = _Slots(config=config, levels=L, n_faces=F_, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                    enforce=enforce, priority=tuple(priority), maxima=maxima, batch=B)
@@ -580,12 +585,10 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
         model.set_kv_cache(B_run, config.window, torch.bfloat16)
     elif config.use_kv_cache:
         model.set_kv_cache(B_run, config.window)
-    # once each role's compiled step has run with dynamo's guards in this sample, the inputs they checked (shapes,
-    # dtypes, constants) stay as they were to the end of the window: the steps skip the guards (a sizeable share of a
-    # CPU step) until the next eager forward
-    skip_guards = contextlib.ExitStack()
-    guarded: set[int] = set()
-    skipping = False
+    # once the compiled point step has run with dynamo's guards at the current shapes, the inputs they checked
+    # (shapes, dtypes, constants) stay as they were until the attended length changes or an eager forward runs: the
+    # steps in between skip the guards (a sizeable share of a CPU step)
+    guarded = False
     try:
         ctx_start = 0  # first position of the model's context
         cached_to = 0  # with the cache: positions ctx_start .. cached_to - 1 are in it
@@ -599,77 +602,82 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
                     model.reset_kv_cache(ctx_start)
                     cached_to = ctx_start
             first = cached_to if config.use_kv_cache else ctx_start
-            # one token continuing the cache: the fixed-shape step, fused with the next slot's choice
-            one_step = static and first == pos and 0 < pos < last_input
-            # the draw's uniforms come before the forward (which draws nothing) so that both paths draw alike
-            u = None if greedy or pos == last_input else uniforms(B, generator, device)
-            if one_step:
+            # a whole point continuing the cache: four fixed-shape steps, each fused with its slot's choice
+            if (static and first == pos and pos % 4 == 0 and 0 < pos and pos + 3 < last_input
+                    and pos + 4 - ctx_start <= config.window):
+                # the four draws' uniforms, in the order the one-token loop draws them
+                u = None if greedy else torch.stack([uniforms(B, generator, device) for _ in range(4)])
                 if not graphs:  # attend over the cache up to the next multiple of ATTEND_BUCKET slots
-                    length = attended_slots(pos + 1 - ctx_start, window_slots)
-                    if length != attended_length:  # new shapes: each role's next step checks its guards
+                    length = attended_slots(pos + 4 - ctx_start, window_slots)
+                    if length != attended_length:  # new shapes: the next step checks its guards
                         attended, attended_length = _attended(state, length), length
-                        skip_guards.close()
-                        skipping = False
-                        guarded.clear()
-                if config.compile and len(guarded) == 4 and not skipping:
-                    skip_guards.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
-                    skipping = True
+                        guarded = False
                 if graphs:
                     torch.compiler.cudagraph_mark_step_begin()
+                # a copy into fixed strides (a slice's depend on max_points); guided, into both halves at once
+                step_token.view(B_run // B, B, 1).copy_(tokens[:, pos : pos + 1])
+                skip = (torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if guarded
+                        else contextlib.nullcontext())
                 try:
-                    # a copy into fixed strides (a slice's depend on max_points); guided, into both halves at once
-                    step_token.view(B_run // B, B, 1).copy_(tokens[:, pos : pos + 1])
-                    last_hidden, nxt, done, cur, prev, n_points = fused[role](
-                        model, step_token, step_pos, step_slot, attended, role_weights[role], rows[role], slots, u,
-                        prev, cur, n_points, done, face_centers, bounds)
+                    with skip:
+                        point_hidden, chosen, done, cur, prev, n_points = point_step(
+                            model, step_token, step_pos, step_slot, attended, role_weights, rows, slots, u, prev,
+                            cur, n_points, done, face_centers, bounds)
                 except Exception as e:
                     if not config.compile:
                         raise
                     raise RuntimeError(f"sampling: compile=True could not compile or run the decode step with "
                                        f"torch.compile on {device.type} ({type(e).__name__}: {e}); sample with "
                                        "compile: false (static_step: true keeps the fixed-shape step)") from e
-                guarded.add(role)
+                guarded = config.compile
                 if graphs:  # a replay overwrites its outputs: keep the state out of the graphs' memory
                     done, cur, prev, n_points = done.clone(), cur.clone(), prev.clone(), n_points.clone()
-                model.advance_kv_cache()
-                step_pos += 1
-                step_slot += 1
+                model.advance_kv_cache(4)
+                step_pos += 4
+                step_slot += 4
+                hidden[:, pos : pos + 4] = point_hidden[:B]  # the conditioned rows' (the decoder's features)
+                tokens[:, pos + 1 : pos + 5] = chosen
+                cached_to = pos + 4
+                if on_step is not None:
+                    for p in range(pos + 1, pos + 5):
+                        on_step(p, last_input)
+                pos += 4
+                if pos % EOS_CHECK_EVERY == 0 and bool(done.all()):
+                    break
+                continue
+            # ---- one token: the eager forward (the first, the re-encode after a slide, the steps a point step cannot
+            # take), then the slot's choice
+            u = None if greedy or pos == last_input else uniforms(B, generator, device)
+            guarded = False
+            positions = torch.arange(first, pos + 1, device=device)
+            inputs = tokens[:, first : pos + 1]
+            if guided:
+                inputs = inputs.repeat(2, 1)
+            if role_head:
+                out = model(inputs, condition, positions, return_logits=False)
             else:
-                skip_guards.close()
-                skipping = False
-                guarded.clear()
-                positions = torch.arange(first, pos + 1, device=device)
-                inputs = tokens[:, first : pos + 1]
-                if guided:
-                    inputs = inputs.repeat(2, 1)
-                if role_head:
-                    out = model(inputs, condition, positions, return_logits=False)
-                else:
-                    out = model(inputs, condition, positions)
-                last_hidden = out.hidden[:, -1]
-                if static:
-                    attended_length = 0  # a slide rewrote the caches: views again
-                    if not state:
-                        state = model.decode_state()
-                        window_slots = state[0].shape[2]
-                        attended = state
-                        if graphs:  # the caches keep their addresses for the whole sample: no copies per replay
-                            for t in state:
-                                torch._dynamo.mark_static_address(t)
-                    step_pos.fill_(pos + 1)
-                    step_slot.fill_(pos + 1 - ctx_start)
+                out = model(inputs, condition, positions)
+            last_hidden = out.hidden[:, -1]
+            if static:
+                attended_length = 0  # a slide rewrote the caches: views again
+                if not state:
+                    state = model.decode_state()
+                    window_slots = state[0].shape[2]
+                    attended = state
+                    if graphs:  # the caches keep their addresses for the whole sample: no copies per replay
+                        for t in state:
+                            torch._dynamo.mark_static_address(t)
+                step_pos.fill_(pos + 1)
+                step_slot.fill_(pos + 1 - ctx_start)
             cached_to = pos + 1
             if pos == 0:
                 hidden = last_hidden.new_zeros(B, total, last_hidden.shape[-1])
             hidden[:, pos] = last_hidden[:B]  # the conditioned rows' (the decoder's features)
             if pos == last_input:
                 break
-            # ---- choose the token at pos + 1 (the fused step has chosen it)
-            if not one_step:
-                logits = (F.linear(last_hidden, role_weights[role]) if role_head
-                          else out.logits[:, -1][:, rows[role]])
-                nxt, done, cur, prev, n_points = _next_tokens(slots, role, logits, u, prev, cur, n_points, done,
-                                                              face_centers, bounds)
+            logits = F.linear(last_hidden, role_weights[role]) if role_head else out.logits[:, -1][:, rows[role]]
+            nxt, done, cur, prev, n_points = _next_tokens(slots, role, logits, u, prev, cur, n_points, done,
+                                                          face_centers, bounds)
             tokens[:, pos + 1] = nxt
             pos += 1
             if on_step is not None:
@@ -677,7 +685,6 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
             if role == 0 and (not static or pos % EOS_CHECK_EVERY == 1) and bool(done.all()):
                 break
     finally:
-        skip_guards.close()
         if config.use_kv_cache:
             model.clear_kv_cache()
         model.train(was_training)
