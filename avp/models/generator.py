@@ -153,10 +153,12 @@ class PointGenerator(nn.Module):
 
     def decode_state(self) -> list[Tensor]:
         """The tensors a :meth:`decode_step` reads and writes, 4 per block: the self-attention cache's whole key and
-        value storage ``[B, H, S, d]`` (``S = max_len``) and the condition's keys and values ``[B, H, C, d]``.
+        value storage ``[B, H, S, d]`` (``S = max_len``) and the condition's keys and values ``[B, H, C, d]``
+        (contiguous copies: the cached ones are views of a ``[B, C, H, d]`` projection, and a compiled step laid out
+        in that order splits its softmax over the condition into many small parallel regions).
 
         Available once a cached forward has run (it allocates the storage and computes the condition's keys); the
-        same tensors serve until :meth:`clear_kv_cache` (a window slide rewrites them in place).
+        same tensors serve until :meth:`clear_kv_cache` (a window slide rewrites the storage in place).
         """
         state: list[Tensor] = []
         for block in self.blocks:
@@ -164,7 +166,7 @@ class PointGenerator(nn.Module):
             if cache is None or cache.k is None or cache.v is None or cond is None:
                 raise RuntimeError("decode_state: run a forward with the KV cache set first (it allocates the storage "
                                    "and caches the condition)")
-            state += [cache.k, cache.v, *cond]
+            state += [cache.k, cache.v, *(t.contiguous() for t in cond)]
         return state
 
     def decode_step(self, token: Tensor, position: Tensor, slot: Tensor, state: list[Tensor]) -> Tensor:
