@@ -27,17 +27,17 @@ one forward (same absolute positions, the condition kept): exactly the view a tr
 With ``use_kv_cache=False`` the same contexts are recomputed in full at every step (the benchmark's baseline).
 
 Sampling never records autograd (it runs under ``torch.no_grad``): a decode graph kept alive across tens of thousands of
-steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes a whole point at a
-time, x, y, z and face, with four of the model's fixed-shape steps (:meth:`~avp.models.generator.PointGenerator.
-decode_step`: the KV cache's storage under a mask, on a CPU a view of it up to the next ``ATTEND_BUCKET`` slots,
-positions and cache slots as device tensors), each fused with its slot's choice (the role's logits, the grammar and
-order masks, the draw from a uniform drawn before the point: :func:`_next_tokens`, the same code the eager loop runs),
-and checks for the end of the batch only every ``EOS_CHECK_EVERY`` tokens, so a point holds no host/device
-synchronisation; ``compile`` runs that point step through ``torch.compile`` (inductor; on CUDA with
-``mode="reduce-overhead"``: CUDA graphs), one call per point instead of one per token. The first forward, the last, the
-re-encode after a window slide and the few tokens until the next point boundary stay eager. Either switch changes
-hidden states in the last bits (sums over the masked storage, fused kernels), which can flip a near-tied draw: off by
-default, and the default path is the eager one whose samples the tests pin.
+steps would hold every activation (~85 GB for a 40k-token base avatar). ``static_step`` decodes a whole point at a time,
+x, y, z and face, with four of the model's fixed-shape steps (:meth:`~avp.models.generator.PointGenerator.decode_step`:
+the KV cache's storage under a mask, on a CPU a view of it up to the next ``ATTEND_BUCKET`` slots, positions and cache
+slots as device tensors), each fused with its slot's choice (the role's logits, the grammar and order masks, the draw
+from a uniform drawn before the point: :func:`_next_tokens`, the same code the eager loop runs), and checks for the end
+of the batch only every ``EOS_CHECK_EVERY`` tokens, so a point holds no host/device synchronisation; ``compile`` runs
+that point step through ``torch.compile`` (inductor; on CUDA with ``mode="reduce-overhead"``: CUDA graphs), one call per
+point instead of one per token. The first forward, the last, the re-encode after a window slide and the few tokens until
+the next point boundary stay eager. Either switch changes hidden states in the last bits (sums over the masked storage,
+fused kernels), which can flip a near-tied draw: off by default, and the default path is the eager one whose samples the
+tests pin.
 """
 
 from __future__ import annotations
