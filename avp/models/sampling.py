@@ -126,8 +126,8 @@ class SamplingConfig:
     differ from it in the last bits, so a near-tied draw can differ. Needs the KV cache."""
     compile: bool = False
     """Run the fixed-shape point step (implies ``static_step``) through ``torch.compile``: inductor, on CUDA with
-    ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (about a
-    minute on 2 CPU cores). Off by default until measured on a GPU; on a CPU see BENCHMARKS.md for what it buys."""
+    ``mode="reduce-overhead"`` (CUDA graphs). The first sample at a new batch size compiles (about a minute on 2 CPU
+    cores). Off by default until measured on a GPU; on a CPU see BENCHMARKS.md for what it buys."""
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -659,7 +659,7 @@ def _sample(model: torch.nn.Module, condition: Tensor, tokenizer: PointTokenizer
                 out = model(inputs, condition, positions)
             last_hidden = out.hidden[:, -1]
             if static:
-                attended_length = 0  # a slide rewrote the caches: views again
+                attended_length = 0  # after an eager forward (a slide among them) the point step takes views again
                 if not state:
                     state = model.decode_state()
                     window_slots = state[0].shape[2]
