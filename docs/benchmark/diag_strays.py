@@ -40,10 +40,11 @@ def main(ckpt: str, root: str, eval_dir: str) -> None:
         surface = build_teacher(mesh, app, 4000, np.random.default_rng(123))[0].means
         tree = cKDTree(surface)
         portrait, head, shape, camera = portrait_inputs([sample])
+        with torch.no_grad():
+            condition = model.encode_condition(portrait, head, None, camera)
         values = []
         for cfg in configs:
             with torch.no_grad():
-                condition = model.encode_condition(portrait, head, None, camera)
                 out = model.generator.sample(condition, cfg, torch.Generator().manual_seed(0), shape=shape)
             points = out.points[0, :int(out.n_points[0])].numpy()
             far = tree.query(points)[0]
